@@ -1,0 +1,12 @@
+// Each subcommand lives in its own file and registers itself on the root CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace xmoe::cli {
+
+void register_demo(CLI::App& app);
+void register_layer_init(CLI::App& app);
+void register_layer_forward(CLI::App& app);
+
+}  // namespace xmoe::cli

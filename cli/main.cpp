@@ -1,0 +1,39 @@
+// xmoe: command-line front end. Subcommands are in cli/<name>.cpp.
+#include "commands.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <exception>
+#include <iostream>
+#include <thread>
+
+int main(int argc, char** argv) {
+  CLI::App app{"xmoe: sparse Mixture-of-Experts layers, routers (Switch, GShard, noisy top-k, "
+               "X-MoE) and their analysis"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "xmoe 0.1.0");
+
+  // LibTorch starts with one intra-op thread; use every core unless told otherwise.
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--threads", threads, "Intra-op threads (default: the number of cores)")
+      ->check(CLI::PositiveNumber);
+  app.parse_complete_callback([&] { at::set_num_threads(threads); });
+
+  xmoe::cli::register_demo(app);
+  xmoe::cli::register_layer_init(app);
+  xmoe::cli::register_layer_forward(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const c10::Error& e) {
+    std::cerr << "xmoe: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "xmoe: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,58 @@
+// E feed-forward experts as stacked parameters (never a vector of nn::Linear).
+//
+// expert_depth = 1:   FFN_e(x) = W2_e · act(W1_e · x + b1_e) + b2_e
+// expert_depth = D>1: x ← x + FFN_{e,j}(LayerNorm_{e,j}(x)) for j = 0 … D−1 (BASE layers)
+//
+// Parameter names (SPEC §8), sub-layer j registered as child module "j":
+//   j.w1 [E, d_ff, d_model]  j.b1 [E, d_ff]  j.w2 [E, d_model, d_ff]  j.b2 [E, d_model]
+//   j.ln_weight, j.ln_bias [E, d_model]   (only when expert_depth > 1)
+#pragma once
+
+#include <ATen/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace xmoe {
+
+enum class Activation { kGelu, kRelu };  // GELU is the exact erf form
+Activation parse_activation(const std::string& name);  // "gelu" | "relu"
+std::string to_string(Activation activation);
+at::Tensor apply_activation(const at::Tensor& x, Activation activation);
+
+struct ExpertSublayerImpl : torch::nn::Module {
+  ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, bool layer_norm,
+                     uint64_t seed);
+  at::Tensor w1, b1, w2, b2;       // see the file comment
+  at::Tensor ln_weight, ln_bias;   // undefined when expert_depth = 1
+};
+TORCH_MODULE(ExpertSublayer);
+
+class ExpertStackImpl : public torch::nn::Module {
+ public:
+  ExpertStackImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, int64_t depth,
+                  Activation activation, uint64_t seed);
+
+  /// Applies expert e to x [n, d_model] → [n, d_model] (plain autograd ops).
+  at::Tensor forward_expert(int64_t e, const at::Tensor& x) const;
+
+  /// Reference grouped computation: x_sorted [N, d_model] holds the rows of expert e in
+  /// [offsets[e], offsets[e+1]); returns [N, d_model] in the same order.
+  at::Tensor forward_sorted(const at::Tensor& x_sorted, const std::vector<int64_t>& offsets) const;
+
+  int64_t n_expert() const { return n_expert_; }
+  int64_t depth() const { return static_cast<int64_t>(sublayers_.size()); }
+  const ExpertSublayer& sublayer(int64_t j) const { return sublayers_.at(j); }
+  Activation activation() const { return activation_; }
+
+ private:
+  int64_t n_expert_;
+  Activation activation_;
+  std::vector<ExpertSublayer> sublayers_;
+};
+TORCH_MODULE(ExpertStack);
+
+}  // namespace xmoe

@@ -1,0 +1,115 @@
+// Sparse Mixture-of-Experts layer: Router + dispatch plan + ExpertStack (SPEC §1-§5).
+//
+//   h [T, d_model] ──router──▶ expert_ids [T, k], gates [T, k]
+//                  ──plan (sort by expert, capacity)──▶ x_sorted [N, d_model]
+//                  ──experts (one block per expert)──▶ y_sorted [N, d_model]
+//                  ──combine: y[t] = Σ_j gate[t, j] · y_sorted[row(t, j)]──▶ y [T, d_model]
+//
+// Dropped slots (capacity mode) and padding tokens contribute nothing: their output is zero and
+// the residual connection around the layer carries them.
+#pragma once
+
+#include "xmoe/kernels/dispatch_plan.h"
+#include "xmoe/moe/expert_stack.h"
+#include "xmoe/routing/router.h"
+
+#include <ATen/Tensor.h>
+#include <c10/util/Optional.h>
+#include <torch/arg.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+namespace xmoe {
+
+struct MoELayerOptions {
+  MoELayerOptions(int64_t d_model, int64_t d_ff, int64_t n_expert)
+      : d_model_(d_model), d_ff_(d_ff), n_expert_(n_expert) {}
+
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_ff);
+  TORCH_ARG(int64_t, n_expert);
+  TORCH_ARG(int64_t, top_k) = 1;
+  /// Router kind, by registry name: "dot" | "noisy_topk" | "xmoe" | "xmoe_torchscale".
+  TORCH_ARG(std::string, router) = "dot";
+  TORCH_ARG(GateKind, gate) = GateKind::kSoftmax;
+  TORCH_ARG(bool, normalize_topk) = true;
+  TORCH_ARG(SecondExpertPolicy, second_expert_policy) = SecondExpertPolicy::kAll;
+  /// Training capacity factor; 0 = dropless (default). C = ceil(cf · k · T / E).
+  TORCH_ARG(double, capacity_factor) = 0.0;
+  /// Evaluation capacity factor; unset = capacity_factor.
+  TORCH_ARG(c10::optional<double>, eval_capacity_factor) = c10::nullopt;
+  TORCH_ARG(Activation, activation) = Activation::kGelu;
+  /// Stacked FFN sub-layers per expert (the paper uses 3).
+  TORCH_ARG(int64_t, expert_depth) = 1;
+  /// Coefficients of the unweighted aux losses in aux_loss (SPEC §2.2, §2.5, §3).
+  TORCH_ARG(double, balance_coef) = 0.01;
+  TORCH_ARG(double, importance_coef) = 0.01;
+  TORCH_ARG(double, load_coef) = 0.01;
+  TORCH_ARG(double, z_loss_coef) = 0.0;
+  TORCH_ARG(double, jitter) = 0.0;
+  TORCH_ARG(double, noise_epsilon) = 1e-2;
+  // X-MoE (SPEC §2.3)
+  TORCH_ARG(c10::optional<int64_t>, d_e) = c10::nullopt;
+  TORCH_ARG(double, expert_norm) = 1.5;
+  TORCH_ARG(c10::optional<double>, temperature_init) = c10::nullopt;
+  TORCH_ARG(double, balance_temperature) = 0.07;
+  TORCH_ARG(bool, normalize_tokens) = true;
+  TORCH_ARG(bool, dim_reduction) = true;
+  TORCH_ARG(bool, l2_norm) = true;
+  /// Throw on non-finite input or router scores (default); off = count them in the stats.
+  TORCH_ARG(bool, check_finite) = true;
+  TORCH_ARG(uint64_t, seed) = 0;
+  /// Name used in error messages ("encoder.layer3.moe").
+  TORCH_ARG(std::string, name) = "moe";
+
+ public:
+  /// The router's share of these options.
+  RouterOptions router_options() const;
+  /// Throws std::invalid_argument naming the first invalid option and its allowed values.
+  void validate() const;
+};
+
+/// Optional inputs of one forward call.
+struct MoEInputs {
+  at::Tensor mask;   // [T] bool, true = real token; padding tokens are not routed, output 0
+  at::Tensor noise;  // [T_real, E] standard-normal samples for a noisy router in training
+};
+
+struct MoEOutput {
+  at::Tensor output;      // [T, d_model]
+  RoutingResult routing;  // over the real (unmasked) tokens; gates zeroed for dropped slots
+  DispatchPlan plan;      // which slots ran where
+  at::Tensor aux_loss;    // scalar: Σ coefficient · unweighted aux loss
+};
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  explicit MoELayerImpl(MoELayerOptions options);
+
+  /// h [T, d_model] (float or double, any device the parameters are on).
+  MoEOutput forward(const at::Tensor& h, const MoEInputs& inputs = {});
+
+  /// Frozen routing (SPEC §5): router and expert parameters stop requiring gradients and stay
+  /// bit-identical; the balance loss is still computed (its gradient reaches h).
+  void freeze_routing(bool frozen = true);
+  bool routing_frozen() const { return router_->frozen(); }
+
+  const MoELayerOptions& options() const { return options_; }
+  RouterImpl& router() { return *router_; }
+  ExpertStack& experts() { return experts_; }
+
+  /// Weighted sum of the aux losses present in `aux` with this layer's coefficients.
+  at::Tensor weighted_aux_loss(const std::map<std::string, at::Tensor>& aux) const;
+
+ private:
+  MoELayerOptions options_;
+  std::shared_ptr<RouterImpl> router_;
+  ExpertStack experts_{nullptr};
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace xmoe

@@ -1,0 +1,82 @@
+#include "xmoe/moe/expert_stack.h"
+
+#include "xmoe/util/init.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace xmoe {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "relu") return Activation::kRelu;
+  throw std::invalid_argument("activation: unknown value '" + name + "' (allowed: gelu, relu)");
+}
+
+std::string to_string(Activation activation) {
+  return activation == Activation::kGelu ? "gelu" : "relu";
+}
+
+at::Tensor apply_activation(const at::Tensor& x, Activation activation) {
+  return activation == Activation::kGelu ? at::gelu(x) : at::relu(x);
+}
+
+ExpertSublayerImpl::ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff,
+                                       bool layer_norm, uint64_t seed) {
+  at::Generator gen = make_generator(seed);
+  // nn.Linear's default range, U(±1/√fan_in), for weights and biases.
+  const double bound1 = 1.0 / std::sqrt(static_cast<double>(d_model));
+  const double bound2 = 1.0 / std::sqrt(static_cast<double>(d_ff));
+  w1 = register_parameter("w1", uniform_init({n_expert, d_ff, d_model}, bound1, gen));
+  b1 = register_parameter("b1", uniform_init({n_expert, d_ff}, bound1, gen));
+  w2 = register_parameter("w2", uniform_init({n_expert, d_model, d_ff}, bound2, gen));
+  b2 = register_parameter("b2", uniform_init({n_expert, d_model}, bound2, gen));
+  if (layer_norm) {
+    ln_weight = register_parameter("ln_weight", at::ones({n_expert, d_model}));
+    ln_bias = register_parameter("ln_bias", at::zeros({n_expert, d_model}));
+  }
+}
+
+ExpertStackImpl::ExpertStackImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, int64_t depth,
+                                 Activation activation, uint64_t seed)
+    : n_expert_(n_expert), activation_(activation) {
+  for (int64_t j = 0; j < depth; ++j) {
+    // Distinct, seed-determined streams per sub-layer.
+    sublayers_.push_back(register_module(
+        std::to_string(j),
+        ExpertSublayer(n_expert, d_model, d_ff, depth > 1, seed * 1000003ULL + 17ULL * (j + 1))));
+  }
+}
+
+at::Tensor ExpertStackImpl::forward_expert(int64_t e, const at::Tensor& x) const {
+  const int64_t d_model = x.size(1);
+  at::Tensor out = x;
+  for (const auto& sub : sublayers_) {
+    at::Tensor in = sub->ln_weight.defined()
+                        ? at::layer_norm(out, {d_model}, sub->ln_weight[e], sub->ln_bias[e], 1e-5)
+                        : out;
+    at::Tensor hidden = apply_activation(at::addmm(sub->b1[e], in, sub->w1[e].t()), activation_);
+    at::Tensor ffn = at::addmm(sub->b2[e], hidden, sub->w2[e].t());
+    out = sub->ln_weight.defined() ? out + ffn : ffn;
+  }
+  return out;
+}
+
+at::Tensor ExpertStackImpl::forward_sorted(const at::Tensor& x_sorted,
+                                           const std::vector<int64_t>& offsets) const {
+  TORCH_CHECK(static_cast<int64_t>(offsets.size()) == n_expert_ + 1,
+              "xmoe::ExpertStack: offsets must have n_expert + 1 = ", n_expert_ + 1,
+              " entries, got ", offsets.size());
+  std::vector<at::Tensor> blocks;
+  for (int64_t e = 0; e < n_expert_; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;  // an expert with no token costs nothing
+    blocks.push_back(forward_expert(e, x_sorted.narrow(0, offsets[e], n)));
+  }
+  if (blocks.empty()) return at::zeros_like(x_sorted);
+  return at::cat(blocks, 0);
+}
+
+}  // namespace xmoe

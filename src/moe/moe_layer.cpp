@@ -1,0 +1,151 @@
+#include "xmoe/moe/moe_layer.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+
+namespace xmoe {
+
+RouterOptions MoELayerOptions::router_options() const {
+  return RouterOptions(d_model_, n_expert_)
+      .top_k(top_k_)
+      .kind(router_)
+      .gate(gate_)
+      .normalize_topk(normalize_topk_)
+      .second_expert_policy(second_expert_policy_)
+      .jitter(jitter_)
+      .noise_epsilon(noise_epsilon_)
+      .d_e(d_e_)
+      .expert_norm(expert_norm_)
+      .temperature_init(temperature_init_)
+      .balance_temperature(balance_temperature_)
+      .normalize_tokens(normalize_tokens_)
+      .dim_reduction(dim_reduction_)
+      .l2_norm(l2_norm_)
+      .check_finite(check_finite_)
+      .seed(seed_)
+      .name(name_);
+}
+
+void MoELayerOptions::validate() const {
+  auto fail = [&](const std::string& m) {
+    throw std::invalid_argument("xmoe::MoELayerOptions (layer '" + name_ + "'): " + m);
+  };
+  auto non_negative = [&](const char* key, double v) {
+    if (!(std::isfinite(v) && v >= 0))
+      fail(std::string(key) + " = " + std::to_string(v) + " must be a finite number >= 0");
+  };
+  if (d_ff_ < 1) fail("d_ff = " + std::to_string(d_ff_) + " must be >= 1");
+  if (expert_depth_ < 1) fail("expert_depth = " + std::to_string(expert_depth_) + " must be >= 1");
+  non_negative("capacity_factor (0 = dropless)", capacity_factor_);
+  if (eval_capacity_factor_) non_negative("eval_capacity_factor (0 = dropless)", *eval_capacity_factor_);
+  non_negative("balance_coef", balance_coef_);
+  non_negative("importance_coef", importance_coef_);
+  non_negative("load_coef", load_coef_);
+  non_negative("z_loss_coef", z_loss_coef_);
+  router_options().validate();
+  const auto kinds = RouterRegistry::names();
+  if (std::find(kinds.begin(), kinds.end(), router_) == kinds.end()) {
+    std::string known;
+    for (const auto& k : kinds) known += (known.empty() ? "" : ", ") + k;
+    fail("router = '" + router_ + "' is unknown (known: " + known + ")");
+  }
+}
+
+MoELayerImpl::MoELayerImpl(MoELayerOptions options) : options_(std::move(options)) {
+  options_.validate();
+  router_ = register_module("router", RouterRegistry::create(options_.router_options()));
+  experts_ = register_module(
+      "experts", ExpertStack(options_.n_expert(), options_.d_model(), options_.d_ff(),
+                             options_.expert_depth(), options_.activation(),
+                             options_.seed() ^ 0x9E3779B97F4A7C15ULL));
+}
+
+void MoELayerImpl::freeze_routing(bool frozen) {
+  router_->set_frozen(frozen);
+  for (auto& p : experts_->parameters()) p.set_requires_grad(!frozen);
+}
+
+at::Tensor MoELayerImpl::weighted_aux_loss(const std::map<std::string, at::Tensor>& aux) const {
+  const std::map<std::string, double> coef = {{"balance", options_.balance_coef()},
+                                              {"importance", options_.importance_coef()},
+                                              {"load", options_.load_coef()},
+                                              {"z", options_.z_loss_coef()}};
+  at::Tensor total;
+  for (const auto& item : aux) {
+    auto it = coef.find(item.first);
+    TORCH_CHECK(it != coef.end(), "xmoe::MoELayer: no coefficient for aux loss '", item.first, "'");
+    at::Tensor term = item.second * it->second;
+    total = total.defined() ? total + term : term;
+  }
+  return total;
+}
+
+MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
+  const std::string& name = options_.name();
+  if (h.dim() != 2 || h.size(1) != options_.d_model()) {
+    std::ostringstream msg;
+    msg << "xmoe::MoELayer (layer '" << name << "'): input must be [T, d_model = "
+        << options_.d_model() << "], got " << h.sizes();
+    throw std::invalid_argument(msg.str());
+  }
+  if (!h.is_floating_point()) {
+    throw std::invalid_argument("xmoe::MoELayer (layer '" + name +
+                                "'): input must be floating point, got " +
+                                std::string(c10::toString(h.scalar_type())));
+  }
+  if (options_.check_finite()) {
+    const int64_t bad = h.numel() - at::isfinite(h.detach()).sum().item<int64_t>();
+    if (bad > 0) {
+      throw std::invalid_argument("xmoe::MoELayer (layer '" + name + "'): input has " +
+                                  std::to_string(bad) + " non-finite value(s)");
+    }
+  }
+
+  // Padding tokens are removed before routing: they take no capacity and skew no statistic.
+  at::Tensor real_index;
+  at::Tensor x = h;
+  if (inputs.mask.defined()) {
+    TORCH_CHECK(inputs.mask.dim() == 1 && inputs.mask.size(0) == h.size(0),
+                "xmoe::MoELayer (layer '", name, "'): mask must be [T = ", h.size(0), "], got ",
+                inputs.mask.sizes());
+    real_index = inputs.mask.to(at::kBool).nonzero().reshape(-1).to(h.device());
+    x = h.index_select(0, real_index);
+  }
+  const int64_t n_tokens = x.size(0);
+
+  MoEOutput out;
+  out.routing = router_->route(x, RouteInputs{inputs.noise});
+  RoutingResult& routing = out.routing;
+
+  const double cf = is_training() ? options_.capacity_factor()
+                                  : options_.eval_capacity_factor().value_or(options_.capacity_factor());
+  const int64_t capacity = expert_capacity(cf, n_tokens, options_.top_k(), options_.n_expert());
+  out.plan = make_dispatch_plan(routing.expert_ids, routing.active, options_.n_expert(), capacity);
+  const DispatchPlan& plan = out.plan;
+
+  // Reference path: gather rows by expert, one block per expert, weighted scatter-add back.
+  at::Tensor token_index = plan.token_index.to(x.device());
+  at::Tensor slot_index = plan.slot_index.to(x.device());
+  at::Tensor x_sorted = x.index_select(0, token_index);                      // [N, d]
+  at::Tensor y_sorted = experts_->forward_sorted(x_sorted, plan.offsets);    // [N, d]
+  at::Tensor gate_sorted = routing.gates.reshape({-1}).index_select(0, slot_index);  // [N]
+  at::Tensor y = at::zeros_like(x).index_add(0, token_index, y_sorted * gate_sorted.unsqueeze(1));
+
+  routing.gates = routing.gates * plan.kept.to(routing.gates.device()).to(routing.gates.scalar_type());
+  routing.stats.dropped_fraction = plan.dropped_fraction();
+  routing.stats.path = "reference";
+  out.aux_loss = weighted_aux_loss(routing.aux);
+
+  if (real_index.defined()) {
+    out.output = at::zeros_like(h).index_copy(0, real_index, y);
+  } else {
+    out.output = y;
+  }
+  return out;
+}
+
+}  // namespace xmoe
