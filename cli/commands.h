@@ -5,6 +5,7 @@
 
 namespace xmoe::cli {
 
+void register_bench(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_layer_init(CLI::App& app);
 void register_layer_forward(CLI::App& app);

@@ -66,6 +66,8 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
   plan.token_index = at::empty({n_kept}, at::kLong);
   int64_t* slot_out = plan.slot_index.data_ptr<int64_t>();
   int64_t* token_out = plan.token_index.data_ptr<int64_t>();
+  plan.row_of_slot = at::full({T * k}, -1, at::kLong);
+  int64_t* row_of = plan.row_of_slot.data_ptr<int64_t>();
   std::vector<int64_t> cursor(plan.offsets.begin(), plan.offsets.end() - 1);
   for (int64_t j = 0; j < k; ++j) {
     for (int64_t t = 0; t < T; ++t) {
@@ -74,6 +76,7 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
       const int64_t row = cursor[id[s]]++;
       slot_out[row] = s;
       token_out[row] = t;
+      row_of[s] = row;
     }
   }
   return plan;

@@ -1,5 +1,6 @@
 #include "xmoe/moe/expert_stack.h"
 
+#include "xmoe/kernels/grouped_ffn.h"
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
@@ -8,20 +9,6 @@
 #include <stdexcept>
 
 namespace xmoe {
-
-Activation parse_activation(const std::string& name) {
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "relu") return Activation::kRelu;
-  throw std::invalid_argument("activation: unknown value '" + name + "' (allowed: gelu, relu)");
-}
-
-std::string to_string(Activation activation) {
-  return activation == Activation::kGelu ? "gelu" : "relu";
-}
-
-at::Tensor apply_activation(const at::Tensor& x, Activation activation) {
-  return activation == Activation::kGelu ? at::gelu(x) : at::relu(x);
-}
 
 ExpertSublayerImpl::ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff,
                                        bool layer_norm, uint64_t seed) {
@@ -77,6 +64,33 @@ at::Tensor ExpertStackImpl::forward_sorted(const at::Tensor& x_sorted,
   }
   if (blocks.empty()) return at::zeros_like(x_sorted);
   return at::cat(blocks, 0);
+}
+
+bool ExpertStackImpl::fast_path_supports(const at::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat;
+}
+
+at::Tensor ExpertStackImpl::forward_sorted_fast(const at::Tensor& x_sorted,
+                                                const std::vector<int64_t>& offsets) const {
+  const int64_t d_model = x_sorted.size(1);
+  at::Tensor expert_of_row;  // [N] int64, only needed for the per-expert LayerNorm weights
+  if (depth() > 1) {
+    at::Tensor counts = at::empty({n_expert_}, at::kLong);
+    for (int64_t e = 0; e < n_expert_; ++e) counts[e] = offsets[e + 1] - offsets[e];
+    expert_of_row = at::repeat_interleave(at::arange(n_expert_, at::kLong), counts);
+  }
+  at::Tensor out = x_sorted;
+  for (const auto& sub : sublayers_) {
+    at::Tensor in = out;
+    if (sub->ln_weight.defined()) {
+      in = at::layer_norm(out, {d_model}, {}, {}, 1e-5) * sub->ln_weight.index_select(0, expert_of_row) +
+           sub->ln_bias.index_select(0, expert_of_row);
+    }
+    at::Tensor ffn = kernels::grouped_ffn(in.contiguous(), sub->w1, sub->b1, sub->w2, sub->b2,
+                                          offsets, activation_);
+    out = sub->ln_weight.defined() ? out + ffn : ffn;
+  }
+  return out;
 }
 
 }  // namespace xmoe

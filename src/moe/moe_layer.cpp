@@ -1,5 +1,7 @@
 #include "xmoe/moe/moe_layer.h"
 
+#include "xmoe/kernels/permute.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -8,6 +10,14 @@
 #include <stdexcept>
 
 namespace xmoe {
+
+ExpertPath parse_expert_path(const std::string& name) {
+  if (name == "fast") return ExpertPath::kFast;
+  if (name == "reference") return ExpertPath::kReference;
+  throw std::invalid_argument("expert_path: unknown value '" + name + "' (allowed: fast, reference)");
+}
+
+std::string to_string(ExpertPath path) { return path == ExpertPath::kFast ? "fast" : "reference"; }
 
 RouterOptions MoELayerOptions::router_options() const {
   return RouterOptions(d_model_, n_expert_)
@@ -127,17 +137,28 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
   out.plan = make_dispatch_plan(routing.expert_ids, routing.active, options_.n_expert(), capacity);
   const DispatchPlan& plan = out.plan;
 
-  // Reference path: gather rows by expert, one block per expert, weighted scatter-add back.
-  at::Tensor token_index = plan.token_index.to(x.device());
-  at::Tensor slot_index = plan.slot_index.to(x.device());
-  at::Tensor x_sorted = x.index_select(0, token_index);                      // [N, d]
-  at::Tensor y_sorted = experts_->forward_sorted(x_sorted, plan.offsets);    // [N, d]
-  at::Tensor gate_sorted = routing.gates.reshape({-1}).index_select(0, slot_index);  // [N]
-  at::Tensor y = at::zeros_like(x).index_add(0, token_index, y_sorted * gate_sorted.unsqueeze(1));
+  at::Tensor y;
+  const bool fast = options_.expert_path() == ExpertPath::kFast &&
+                    ExpertStackImpl::fast_path_supports(x) &&
+                    routing.gates.scalar_type() == x.scalar_type();
+  if (fast) {
+    // Gather rows by expert, grouped GEMMs, gate-weighted combine: custom kernels throughout.
+    at::Tensor x_sorted = kernels::gather_rows(x.contiguous(), plan.token_index, plan.row_of_slot);
+    at::Tensor y_sorted = experts_->forward_sorted_fast(x_sorted, plan.offsets);
+    y = kernels::combine_rows(y_sorted.contiguous(), routing.gates.contiguous(), plan.row_of_slot);
+  } else {
+    // Reference path: plain autograd ops, one block per expert, weighted scatter-add back.
+    at::Tensor token_index = plan.token_index.to(x.device());
+    at::Tensor slot_index = plan.slot_index.to(x.device());
+    at::Tensor x_sorted = x.index_select(0, token_index);                    // [N, d]
+    at::Tensor y_sorted = experts_->forward_sorted(x_sorted, plan.offsets);  // [N, d]
+    at::Tensor gate_sorted = routing.gates.reshape({-1}).index_select(0, slot_index);  // [N]
+    y = at::zeros_like(x).index_add(0, token_index, y_sorted * gate_sorted.unsqueeze(1));
+  }
 
   routing.gates = routing.gates * plan.kept.to(routing.gates.device()).to(routing.gates.scalar_type());
   routing.stats.dropped_fraction = plan.dropped_fraction();
-  routing.stats.path = "reference";
+  routing.stats.path = fast ? "fast" : "reference";
   out.aux_loss = weighted_aux_loss(routing.aux);
 
   if (real_index.defined()) {

@@ -19,6 +19,7 @@ struct DispatchPlan {
   at::Tensor slot_index;   // [N] int64, flat slot id t·k + j
   at::Tensor token_index;  // [N] int64, token t of each kept slot
   std::vector<int64_t> offsets;  // [E + 1]: expert e owns rows [offsets[e], offsets[e+1])
+  at::Tensor row_of_slot;        // [T·k] int64: the row of each slot, −1 when not kept
   at::Tensor kept;               // [T, k] bool: active and within capacity
   at::Tensor tokens_per_expert;  // [E] int64: active slots per expert, before dropping
   int64_t n_active = 0;          // active slots (before dropping)

@@ -8,6 +8,8 @@
 //   j.ln_weight, j.ln_bias [E, d_model]   (only when expert_depth > 1)
 #pragma once
 
+#include "xmoe/kernels/activation.h"
+
 #include <ATen/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
@@ -17,11 +19,6 @@
 #include <vector>
 
 namespace xmoe {
-
-enum class Activation { kGelu, kRelu };  // GELU is the exact erf form
-Activation parse_activation(const std::string& name);  // "gelu" | "relu"
-std::string to_string(Activation activation);
-at::Tensor apply_activation(const at::Tensor& x, Activation activation);
 
 struct ExpertSublayerImpl : torch::nn::Module {
   ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, bool layer_norm,
@@ -42,6 +39,14 @@ class ExpertStackImpl : public torch::nn::Module {
   /// Reference grouped computation: x_sorted [N, d_model] holds the rows of expert e in
   /// [offsets[e], offsets[e+1]); returns [N, d_model] in the same order.
   at::Tensor forward_sorted(const at::Tensor& x_sorted, const std::vector<int64_t>& offsets) const;
+
+  /// The same through the fast kernels (kernels::grouped_ffn; float32 CPU only). For
+  /// expert_depth > 1 each sub-layer's LayerNorm uses per-row gathers of the expert's weights.
+  at::Tensor forward_sorted_fast(const at::Tensor& x_sorted,
+                                 const std::vector<int64_t>& offsets) const;
+
+  /// Whether forward_sorted_fast handles tensors like `x` (float32 on the CPU).
+  static bool fast_path_supports(const at::Tensor& x);
 
   int64_t n_expert() const { return n_expert_; }
   int64_t depth() const { return static_cast<int64_t>(sublayers_.size()); }

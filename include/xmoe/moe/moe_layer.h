@@ -25,6 +25,13 @@
 
 namespace xmoe {
 
+/// Which implementation computes the experts. kFast (default) uses the grouped-GEMM kernels
+/// where they apply (float32 on the CPU) and falls back to kReference elsewhere (float64 for
+/// gradient checks, CUDA); RoutingStats::path says which one ran.
+enum class ExpertPath { kFast, kReference };
+ExpertPath parse_expert_path(const std::string& name);  // "fast" | "reference"
+std::string to_string(ExpertPath path);
+
 struct MoELayerOptions {
   MoELayerOptions(int64_t d_model, int64_t d_ff, int64_t n_expert)
       : d_model_(d_model), d_ff_(d_ff), n_expert_(n_expert) {}
@@ -63,6 +70,7 @@ struct MoELayerOptions {
   /// Throw on non-finite input or router scores (default); off = count them in the stats.
   TORCH_ARG(bool, check_finite) = true;
   TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(ExpertPath, expert_path) = ExpertPath::kFast;
   /// Name used in error messages ("encoder.layer3.moe").
   TORCH_ARG(std::string, name) = "moe";
 

@@ -1,0 +1,25 @@
+// Row-major single-precision GEMM on contiguous CPU buffers, and its grouped form over the
+// per-expert row blocks of a dispatch plan. Backed by oneDNN's dnnl_sgemm (the fastest FP32 GEMM
+// measured on our machines; LibTorch links the same libdnnl, so there is no conflict).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace xmoe::kernels {
+
+/// C[M, N] = alpha · op(A) · op(B) + beta · C, row-major; op(X) = Xᵀ when trans_x.
+/// lda/ldb/ldc are row strides. Throws std::runtime_error when oneDNN reports an error.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+/// Runs `block(e, row_begin, n_rows)` for every expert e with n_rows > 0 (offsets [E + 1]).
+/// Large blocks run one after another, each GEMM using every thread; when the blocks are small
+/// (many experts, few rows each) the experts themselves are spread over the threads and each
+/// GEMM runs single-threaded, which keeps both cores busy.
+void for_each_expert_block(const std::vector<int64_t>& offsets, int64_t flops_per_row,
+                           const std::function<void(int64_t, int64_t, int64_t)>& block);
+
+}  // namespace xmoe::kernels

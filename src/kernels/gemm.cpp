@@ -1,0 +1,57 @@
+#include "xmoe/kernels/gemm.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace xmoe::kernels {
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
+                                          a, lda, b, ldb, beta, c, ldc);
+  if (status != dnnl_success) {
+    throw std::runtime_error("xmoe::kernels::sgemm: dnnl_sgemm failed with status " +
+                             std::to_string(static_cast<int>(status)) + " (M=" + std::to_string(m) +
+                             " N=" + std::to_string(n) + " K=" + std::to_string(k) + ")");
+  }
+}
+
+void for_each_expert_block(const std::vector<int64_t>& offsets, int64_t flops_per_row,
+                           const std::function<void(int64_t, int64_t, int64_t)>& block) {
+  const int64_t n_expert = static_cast<int64_t>(offsets.size()) - 1;
+  int64_t non_empty = 0;
+  for (int64_t e = 0; e < n_expert; ++e) non_empty += offsets[e + 1] > offsets[e];
+  const int threads = omp_get_max_threads();
+  const int64_t rows = offsets.back() - offsets.front();
+  // A GEMM of ~8 MFLOP per thread already keeps a multi-threaded sgemm efficient; below that,
+  // parallelise across experts instead (dnnl_sgemm runs single-threaded inside a parallel region).
+  const bool across_experts = threads > 1 && non_empty >= 2 * threads && non_empty > 0 &&
+                              (rows / non_empty) * flops_per_row < int64_t{8000000} * threads;
+  if (!across_experts) {
+    for (int64_t e = 0; e < n_expert; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n > 0) block(e, offsets[e], n);
+    }
+    return;
+  }
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t e = 0; e < n_expert; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;
+    try {
+      block(e, offsets[e], n);
+    } catch (...) {
+#pragma omp critical
+      error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace xmoe::kernels

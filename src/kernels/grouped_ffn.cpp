@@ -1,0 +1,140 @@
+#include "xmoe/kernels/grouped_ffn.h"
+
+#include "xmoe/kernels/gemm.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+namespace xmoe::kernels {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Broadcasts bias[e] into every row of out[row0 : row0 + n] (the GEMM then accumulates).
+void fill_rows_with_bias(float* out, const float* bias, int64_t n, int64_t width) {
+  for (int64_t r = 0; r < n; ++r) std::copy(bias, bias + width, out + r * width);
+}
+
+void activation_forward(const at::Tensor& a, at::Tensor& h, Activation act) {
+  if (act == Activation::kGelu) {
+    at::gelu_out(h, a);
+  } else {
+    at::relu_(h.copy_(a));
+  }
+}
+
+at::Tensor activation_backward(const at::Tensor& gh, const at::Tensor& a, Activation act) {
+  if (act == Activation::kGelu) return at::gelu_backward(gh, a);
+  return gh * (a > 0).to(gh.scalar_type());
+}
+
+struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& xs, const at::Tensor& w1,
+                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                            const std::vector<int64_t>& offsets, int64_t activation) {
+    const int64_t n = xs.size(0), d = xs.size(1), f = w1.size(1);
+    const Activation act = static_cast<Activation>(activation);
+    at::Tensor a = at::empty({n, f}, xs.options());
+    at::Tensor h = at::empty({n, f}, xs.options());
+    at::Tensor ys = at::empty({n, d}, xs.options());
+    const float* x = xs.data_ptr<float>();
+    const float* w1p = w1.data_ptr<float>();
+    const float* b1p = b1.data_ptr<float>();
+    const float* w2p = w2.data_ptr<float>();
+    const float* b2p = b2.data_ptr<float>();
+    float* ap = a.data_ptr<float>();
+    float* yp = ys.data_ptr<float>();
+    for_each_expert_block(offsets, 4 * d * f, [&](int64_t e, int64_t row0, int64_t rows) {
+      float* ae = ap + row0 * f;
+      fill_rows_with_bias(ae, b1p + e * f, rows, f);
+      sgemm(false, true, rows, f, d, 1.f, x + row0 * d, d, w1p + e * f * d, d, 1.f, ae, f);
+      at::Tensor he = h.narrow(0, row0, rows);
+      activation_forward(a.narrow(0, row0, rows), he, act);
+      float* ye = yp + row0 * d;
+      fill_rows_with_bias(ye, b2p + e * d, rows, d);
+      sgemm(false, true, rows, d, f, 1.f, he.data_ptr<float>(), f, w2p + e * d * f, f, 1.f, ye, d);
+    });
+    ctx->save_for_backward({xs, w1, w2, a, h});
+    ctx->saved_data["offsets"] = offsets;
+    ctx->saved_data["activation"] = activation;
+    return ys;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& xs = saved[0];
+    const at::Tensor& w1 = saved[1];
+    const at::Tensor& w2 = saved[2];
+    const at::Tensor& a = saved[3];
+    const at::Tensor& h = saved[4];
+    const std::vector<int64_t> offsets = ctx->saved_data["offsets"].toIntVector();
+    const Activation act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
+    at::Tensor gys = grads[0].contiguous();
+    const int64_t n_expert = w1.size(0), f = w1.size(1), d = w1.size(2);
+
+    // Experts without rows keep zero gradients.
+    at::Tensor gw1 = at::zeros_like(w1), gb1 = at::zeros({n_expert, f}, w1.options());
+    at::Tensor gw2 = at::zeros_like(w2), gb2 = at::zeros({n_expert, d}, w2.options());
+    at::Tensor gxs = at::empty_like(xs);
+    at::Tensor gh = at::empty_like(h);
+    const float* x = xs.data_ptr<float>();
+    const float* w1p = w1.data_ptr<float>();
+    const float* w2p = w2.data_ptr<float>();
+    const float* hp = h.data_ptr<float>();
+    const float* gyp = gys.data_ptr<float>();
+    float* gw1p = gw1.data_ptr<float>();
+    float* gw2p = gw2.data_ptr<float>();
+    float* ghp = gh.data_ptr<float>();
+    float* gxp = gxs.data_ptr<float>();
+
+    for_each_expert_block(offsets, 8 * d * f, [&](int64_t e, int64_t row0, int64_t rows) {
+      const float* gy_e = gyp + row0 * d;
+      gb2[e].copy_(gys.narrow(0, row0, rows).sum(0));
+      // gw2[e] [d, f] = gysᵀ · h
+      sgemm(true, false, d, f, rows, 1.f, gy_e, d, hp + row0 * f, f, 0.f, gw2p + e * d * f, f);
+      // gh [rows, f] = gys · w2[e]
+      float* gh_e = ghp + row0 * f;
+      sgemm(false, false, rows, f, d, 1.f, gy_e, d, w2p + e * d * f, f, 0.f, gh_e, f);
+      at::Tensor ga = activation_backward(gh.narrow(0, row0, rows), a.narrow(0, row0, rows), act);
+      gb1[e].copy_(ga.sum(0));
+      const float* ga_p = ga.data_ptr<float>();
+      // gw1[e] [f, d] = gaᵀ · xs
+      sgemm(true, false, f, d, rows, 1.f, ga_p, f, x + row0 * d, d, 0.f, gw1p + e * f * d, d);
+      // gxs [rows, d] = ga · w1[e]
+      sgemm(false, false, rows, d, f, 1.f, ga_p, f, w1p + e * f * d, d, 0.f, gxp + row0 * d, d);
+    });
+    return {gxs, gw1, gb1, gw2, gb2, at::Tensor(), at::Tensor()};
+  }
+};
+
+void check_operand(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat,
+              "xmoe::kernels::grouped_ffn: ", name, " must be float32 on the CPU, got ",
+              t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.sizes() == shape, "xmoe::kernels::grouped_ffn: ", name, " must be ", shape,
+              ", got ", t.sizes());
+}
+
+}  // namespace
+
+at::Tensor grouped_ffn(const at::Tensor& xs, const at::Tensor& w1, const at::Tensor& b1,
+                       const at::Tensor& w2, const at::Tensor& b2,
+                       const std::vector<int64_t>& offsets, Activation activation) {
+  TORCH_CHECK(xs.dim() == 2 && w1.dim() == 3, "xmoe::kernels::grouped_ffn: xs must be [N, d], w1 [E, d_ff, d]");
+  const int64_t n = xs.size(0), d = xs.size(1), e = w1.size(0), f = w1.size(1);
+  check_operand(xs, "xs", {n, d});
+  check_operand(w1, "w1", {e, f, d});
+  check_operand(b1, "b1", {e, f});
+  check_operand(w2, "w2", {e, d, f});
+  check_operand(b2, "b2", {e, d});
+  TORCH_CHECK(static_cast<int64_t>(offsets.size()) == e + 1 && offsets.front() == 0 &&
+                  offsets.back() == n,
+              "xmoe::kernels::grouped_ffn: offsets must have E + 1 = ", e + 1,
+              " entries from 0 to N = ", n);
+  return GroupedFFN::apply(xs.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(),
+                           b2.contiguous(), offsets, static_cast<int64_t>(activation));
+}
+
+}  // namespace xmoe::kernels
