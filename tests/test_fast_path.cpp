@@ -7,6 +7,7 @@
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <tuple>
