@@ -107,14 +107,6 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
                                 "'): input must be floating point, got " +
                                 std::string(c10::toString(h.scalar_type())));
   }
-  if (options_.check_finite()) {
-    const int64_t bad = h.numel() - at::isfinite(h.detach()).sum().item<int64_t>();
-    if (bad > 0) {
-      throw std::invalid_argument("xmoe::MoELayer (layer '" + name + "'): input has " +
-                                  std::to_string(bad) + " non-finite value(s)");
-    }
-  }
-
   // Padding tokens are removed before routing: they take no capacity and skew no statistic.
   at::Tensor real_index;
   at::Tensor x = h;
@@ -126,6 +118,14 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
     x = h.index_select(0, real_index);
   }
   const int64_t n_tokens = x.size(0);
+  // Only real tokens are checked: padding rows may hold anything.
+  if (options_.check_finite()) {
+    const int64_t bad = x.numel() - at::isfinite(x.detach()).sum().item<int64_t>();
+    if (bad > 0) {
+      throw std::invalid_argument("xmoe::MoELayer (layer '" + name + "'): input has " +
+                                  std::to_string(bad) + " non-finite value(s)");
+    }
+  }
 
   MoEOutput out;
   out.routing = router_->route(x, RouteInputs{inputs.noise});
