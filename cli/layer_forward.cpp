@@ -39,6 +39,13 @@ void check_tensor(const at::Tensor& t, const std::string& name, const std::strin
     throw FileFormatError(path + ": tensor '" + name + "' must have shape " + shape_string(shape) +
                           ", got " + shape_string(t.sizes()));
   }
+  if (floating) {
+    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    if (bad > 0) {
+      throw FileFormatError(path + ": tensor '" + name + "' has " + std::to_string(bad) +
+                            " non-finite value(s)");
+    }
+  }
 }
 
 void reject_unknown(const TensorMap& tensors, const std::set<std::string>& known,

@@ -77,7 +77,9 @@ TEST_P(FastPathEqualsReference, OutputsAndAllGradients) {
     }
     param_grads.push_back(grads);
     EXPECT_EQ(out.routing.stats.path, layer == &fast ? "fast" : "reference");
-    if (c.router == "dot") EXPECT_EQ(out.routing.stats.tokens_per_expert[5].item<int64_t>(), 0);
+    if (c.router == "dot") {
+      EXPECT_EQ(out.routing.stats.tokens_per_expert[5].item<int64_t>(), 0);
+    }
   }
   EXPECT_TRUE(at::allclose(outputs[0], outputs[1], 1e-4, 1e-5))
       << (outputs[0] - outputs[1]).abs().max();

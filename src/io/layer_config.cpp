@@ -8,6 +8,8 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
+#include <vector>
 #include <sstream>
 
 namespace xmoe {
@@ -83,11 +85,24 @@ const char* const kRequiredKeys[] = {"d_model", "d_ff", "n_expert", "top_k"};
 
 MoELayerOptions parse_layer_config(const std::string& json_text, const std::string& source) {
   json root;
+  // nlohmann keeps the last of duplicate keys silently; a config that says two things is an error.
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  auto track_keys = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) open_objects.emplace_back();
+    if (event == json::parse_event_t::object_end) open_objects.pop_back();
+    if (event == json::parse_event_t::key && !open_objects.empty() &&
+        !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    root = json::parse(json_text);
+    root = json::parse(json_text, track_keys);
   } catch (const json::parse_error& e) {
     config_error(source, std::string("not valid JSON: ") + e.what());
   }
+  if (!duplicate.empty()) config_error(source, "key '" + duplicate + "' appears more than once");
   if (!root.is_object()) config_error(source, "must be a JSON object, got " + type_name(root));
 
   for (const char* key : kRequiredKeys) {
