@@ -56,14 +56,31 @@ at::Tensor ExpertStackImpl::forward_sorted(const at::Tensor& x_sorted,
   TORCH_CHECK(static_cast<int64_t>(offsets.size()) == n_expert_ + 1,
               "xmoe::ExpertStack: offsets must have n_expert + 1 = ", n_expert_ + 1,
               " entries, got ", offsets.size());
-  std::vector<at::Tensor> blocks;
-  for (int64_t e = 0; e < n_expert_; ++e) {
-    const int64_t n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;  // an expert with no token costs nothing
-    blocks.push_back(forward_expert(e, x_sorted.narrow(0, offsets[e], n)));
+  const int64_t d_model = x_sorted.size(1);
+  at::Tensor out = x_sorted;
+  for (const auto& sub : sublayers_) {
+    // unbind once per sub-layer: its backward stacks the per-expert gradients in one pass,
+    // where indexing w[e] per expert would add E full-size gradient tensors.
+    const std::vector<at::Tensor> w1 = sub->w1.unbind(0), b1 = sub->b1.unbind(0),
+                                  w2 = sub->w2.unbind(0), b2 = sub->b2.unbind(0);
+    std::vector<at::Tensor> ln_w, ln_b;
+    if (sub->ln_weight.defined()) {
+      ln_w = sub->ln_weight.unbind(0);
+      ln_b = sub->ln_bias.unbind(0);
+    }
+    std::vector<at::Tensor> blocks;
+    for (int64_t e = 0; e < n_expert_; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n == 0) continue;  // an expert with no token costs nothing
+      at::Tensor x = out.narrow(0, offsets[e], n);
+      at::Tensor in = ln_w.empty() ? x : at::layer_norm(x, {d_model}, ln_w[e], ln_b[e], 1e-5);
+      at::Tensor ffn = at::addmm(b2[e], apply_activation(at::addmm(b1[e], in, w1[e].t()), activation_),
+                                 w2[e].t());
+      blocks.push_back(ln_w.empty() ? ffn : x + ffn);
+    }
+    out = blocks.empty() ? at::zeros_like(out) : at::cat(blocks, 0);
   }
-  if (blocks.empty()) return at::zeros_like(x_sorted);
-  return at::cat(blocks, 0);
+  return out;
 }
 
 bool ExpertStackImpl::fast_path_supports(const at::Tensor& x) {

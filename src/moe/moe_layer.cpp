@@ -128,6 +128,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
   }
 
   MoEOutput out;
+  out.input = x.detach();
   out.routing = router_->route(x, RouteInputs{inputs.noise});
   RoutingResult& routing = out.routing;
 

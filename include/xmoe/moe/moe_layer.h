@@ -91,6 +91,7 @@ struct MoEOutput {
   at::Tensor output;      // [T, d_model]
   RoutingResult routing;  // over the real (unmasked) tokens; gates zeroed for dropped slots
   DispatchPlan plan;      // which slots ran where
+  at::Tensor input;       // [T_real, d_model] the routed hidden states h (detached), for analysis
   at::Tensor aux_loss;    // scalar: Σ coefficient · unweighted aux loss
 };
 

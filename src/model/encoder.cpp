@@ -1,0 +1,208 @@
+#include "xmoe/model/encoder.h"
+
+#include "xmoe/util/init.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <stdexcept>
+
+namespace xmoe {
+
+void EncoderOptions::validate() const {
+  auto fail = [](const std::string& m) { throw std::invalid_argument("xmoe::EncoderOptions: " + m); };
+  auto positive = [&](const char* key, int64_t v) {
+    if (v < 1) fail(std::string(key) + " = " + std::to_string(v) + " must be >= 1");
+  };
+  positive("vocab_size", vocab_size_);
+  positive("d_model", d_model_);
+  positive("n_layers", n_layers_);
+  positive("n_heads", n_heads_);
+  positive("d_ff", d_ff_);
+  positive("max_len", max_len_);
+  if (d_model_ % n_heads_ != 0)
+    fail("d_model = " + std::to_string(d_model_) + " must be divisible by n_heads = " +
+         std::to_string(n_heads_));
+  for (double p : {dropout_, attention_dropout_}) {
+    if (!(p >= 0 && p < 1)) fail("dropout = " + std::to_string(p) + " must be in [0, 1)");
+  }
+  if (pad_id_ < 0 || pad_id_ >= vocab_size_)
+    fail("pad_id = " + std::to_string(pad_id_) + " must be in [0, vocab_size)");
+  std::set<int64_t> seen;
+  for (int64_t i : moe_layers_) {
+    if (i < 0 || i >= n_layers_)
+      fail("moe_layers entry " + std::to_string(i) + " must be in [0, n_layers = " +
+           std::to_string(n_layers_) + ")");
+    if (!seen.insert(i).second) fail("moe_layers lists layer " + std::to_string(i) + " twice");
+  }
+  if (!moe_layers_.empty()) {
+    if (!moe_) fail("moe_layers is set but the MoE options are missing");
+    if (moe_->d_model() != d_model_)
+      fail("moe.d_model = " + std::to_string(moe_->d_model()) + " must equal d_model = " +
+           std::to_string(d_model_));
+    moe_->validate();
+  }
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+SelfAttentionImpl::SelfAttentionImpl(int64_t d_model, int64_t n_heads, double dropout)
+    : n_heads_(n_heads) {
+  qkv_ = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
+  out_ = register_module("out", torch::nn::Linear(d_model, d_model));
+  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+}
+
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_padding) {
+  const int64_t b = x.size(0), l = x.size(1), d = x.size(2), dh = d / n_heads_;
+  // [B, L, 3, H, dh] → three [B, H, L, dh]
+  at::Tensor qkv = qkv_->forward(x).view({b, l, 3, n_heads_, dh}).permute({2, 0, 3, 1, 4});
+  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
+  // Padding keys get −∞ (a fully padded row stays finite: its queries are padding too and
+  // see at least themselves through the mask below).
+  at::Tensor mask = key_padding.view({b, 1, 1, l});
+  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  at::Tensor weights = dropout_->forward(at::softmax(scores, -1).nan_to_num(0.0));
+  at::Tensor context = at::matmul(weights, v).transpose(1, 2).reshape({b, l, d});
+  return out_->forward(context);
+}
+
+// ---- block ---------------------------------------------------------------------------------
+
+EncoderLayerImpl::EncoderLayerImpl(const EncoderOptions& options, int64_t index)
+    : pre_norm_(options.pre_norm()) {
+  const int64_t d = options.d_model();
+  attention_ = register_module("attention",
+                               SelfAttention(d, options.n_heads(), options.attention_dropout()));
+  norm1_ = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  norm2_ = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  const auto& placed = options.moe_layers();
+  if (std::find(placed.begin(), placed.end(), index) != placed.end()) {
+    MoELayerOptions moe = *options.moe();
+    moe.seed(moe.seed() + 7919 * static_cast<uint64_t>(index + 1))
+        .name("encoder.layers." + std::to_string(index) + ".moe");
+    moe_ = register_module("moe", MoELayer(moe));
+  } else {
+    fc1_ = register_module("fc1", torch::nn::Linear(d, options.d_ff()));
+    fc2_ = register_module("fc2", torch::nn::Linear(options.d_ff(), d));
+  }
+  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout()));
+}
+
+at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
+                                          MoEOutput* moe_out) {
+  if (moe_.is_empty()) return fc2_->forward(at::gelu(fc1_->forward(x)));
+  const int64_t b = x.size(0), l = x.size(1), d = x.size(2);
+  MoEOutput out = moe_->forward(x.reshape({b * l, d}), MoEInputs{(~padding).reshape({-1}), at::Tensor()});
+  at::Tensor y = out.output.view({b, l, d});
+  if (moe_out) *moe_out = std::move(out);
+  return y;
+}
+
+at::Tensor EncoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& padding,
+                                     MoEOutput* moe_out) {
+  if (pre_norm_) {
+    at::Tensor h = x + dropout_->forward(attention_->forward(norm1_->forward(x), padding));
+    return h + dropout_->forward(feed_forward(norm2_->forward(h), padding, moe_out));
+  }
+  at::Tensor h = norm1_->forward(x + dropout_->forward(attention_->forward(x, padding)));
+  return norm2_->forward(h + dropout_->forward(feed_forward(h, padding, moe_out)));
+}
+
+// ---- encoder -------------------------------------------------------------------------------
+
+MoEEncoderImpl::MoEEncoderImpl(EncoderOptions options) : options_(std::move(options)) {
+  options_.validate();
+  const int64_t d = options_.d_model(), v = options_.vocab_size();
+  tokens_ = register_module("tokens", torch::nn::Embedding(v, d));
+  positions_ = register_module("positions", torch::nn::Embedding(options_.max_len(), d));
+  dropout_ = register_module("dropout", torch::nn::Dropout(options_.dropout()));
+  torch::nn::ModuleList layer_list;
+  for (int64_t i = 0; i < options_.n_layers(); ++i) {
+    layers_.push_back(EncoderLayer(options_, i));
+    layer_list->push_back(layers_.back());
+  }
+  register_module("layers", layer_list);  // parameter names "layers.<i>.…"
+  if (options_.pre_norm()) {
+    final_norm_ = register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  }
+  head_transform_ = register_module("head_transform", torch::nn::Linear(d, d));
+  head_norm_ = register_module("head_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  head_bias_ = register_parameter("head_bias", at::zeros({v}));
+
+  // BERT initialisation from the encoder's own seed (MoE layers initialise from theirs):
+  // weights and embeddings N(0, 0.02), biases 0, LayerNorm 1 / 0.
+  at::Generator gen = make_generator(options_.seed());
+  at::NoGradGuard no_grad;
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    if (name.find(".moe.") != std::string::npos) continue;
+    at::Tensor& p = item.value();
+    const bool is_norm = name.find("norm") != std::string::npos;
+    const bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    if (is_norm) {
+      p.fill_(is_bias ? 0.0 : 1.0);
+    } else if (is_bias) {
+      p.zero_();
+    } else {
+      p.normal_(0.0, 0.02, gen);
+    }
+  }
+}
+
+EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) {
+  TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong,
+              "xmoe::MoEEncoder: ids must be [B, L] int64, got ", ids.sizes(), " ", ids.scalar_type());
+  const int64_t l = ids.size(1);
+  TORCH_CHECK(l <= options_.max_len(), "xmoe::MoEEncoder: sequence length ", l,
+              " exceeds max_len = ", options_.max_len());
+  at::Tensor padding = ids.eq(options_.pad_id());  // [B, L]
+  at::Tensor pos = at::arange(l, ids.options()).unsqueeze(0);
+  at::Tensor x = dropout_->forward(tokens_->forward(ids) + positions_->forward(pos));
+
+  EncoderOutput out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i]->is_moe()) {
+      MoEOutput moe;
+      x = layers_[i]->forward(x, padding, &moe);
+      out.aux_loss = out.aux_loss.defined() ? out.aux_loss + moe.aux_loss : moe.aux_loss;
+      out.moe_input.push_back(moe.input);
+      out.moe.push_back(std::move(moe));
+      out.moe_layer_index.push_back(static_cast<int64_t>(i));
+    } else {
+      x = layers_[i]->forward(x, padding, nullptr);
+    }
+  }
+  out.hidden = options_.pre_norm() ? final_norm_->forward(x) : x;
+  if (!out.aux_loss.defined()) out.aux_loss = at::zeros({}, x.options());
+  return out;
+}
+
+MlmOutput MoEEncoderImpl::mlm(const at::Tensor& ids, const at::Tensor& labels) {
+  TORCH_CHECK(labels.sizes() == ids.sizes(), "xmoe::MoEEncoder::mlm: labels must match ids ",
+              ids.sizes(), ", got ", labels.sizes());
+  MlmOutput out;
+  out.encoder = encode(ids);
+  at::Tensor flat_labels = labels.reshape({-1});
+  at::Tensor where = flat_labels.ne(-100).nonzero().reshape({-1});
+  out.n_predicted = where.numel();
+  at::Tensor h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
+  h = head_norm_->forward(at::gelu(head_transform_->forward(h)));
+  out.logits = at::addmm(head_bias_, h, tokens_->weight.t());  // tied to the input embedding
+  out.loss = out.n_predicted == 0
+                 ? at::zeros({}, h.options())
+                 : at::cross_entropy_loss(out.logits, flat_labels.index_select(0, where));
+  return out;
+}
+
+void MoEEncoderImpl::freeze_routing(bool frozen) {
+  for (auto& layer : layers_) {
+    if (layer->is_moe()) layer->moe()->freeze_routing(frozen);
+  }
+}
+
+}  // namespace xmoe
