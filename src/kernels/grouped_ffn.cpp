@@ -74,9 +74,17 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
     at::Tensor gys = grads[0].contiguous();
     const int64_t n_expert = w1.size(0), f = w1.size(1), d = w1.size(2);
 
-    // Experts without rows keep zero gradients.
-    at::Tensor gw1 = at::zeros_like(w1), gb1 = at::zeros({n_expert, f}, w1.options());
-    at::Tensor gw2 = at::zeros_like(w2), gb2 = at::zeros({n_expert, d}, w2.options());
+    // Every expert with rows overwrites its whole gradient slice (GEMM β = 0); only experts
+    // without rows are zeroed, which saves a full memset of [E, d_ff, d] twice over.
+    at::Tensor gw1 = at::empty_like(w1), gb1 = at::empty({n_expert, f}, w1.options());
+    at::Tensor gw2 = at::empty_like(w2), gb2 = at::empty({n_expert, d}, w2.options());
+    for (int64_t e = 0; e < n_expert; ++e) {
+      if (offsets[e + 1] > offsets[e]) continue;
+      gw1[e].zero_();
+      gb1[e].zero_();
+      gw2[e].zero_();
+      gb2[e].zero_();
+    }
     at::Tensor gxs = at::empty_like(xs);
     at::Tensor gh = at::empty_like(h);
     const float* x = xs.data_ptr<float>();
