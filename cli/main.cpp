@@ -21,9 +21,11 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] { at::set_num_threads(threads); });
 
   xmoe::cli::register_bench(app);
+  xmoe::cli::register_corpus(app);
   xmoe::cli::register_demo(app);
   xmoe::cli::register_layer_init(app);
   xmoe::cli::register_layer_forward(app);
+  xmoe::cli::register_tokenizer(app);
 
   try {
     app.parse(argc, argv);

@@ -10,6 +10,7 @@ core_packages=(
   libtorch-dev libopenblas-dev libopenblas0-openmp libdnnl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev
+  python3 groff-base
 )
 bench_packages=(python3-torch)
 

@@ -1,0 +1,53 @@
+#include "xmoe/data/corpus_files.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <system_error>
+
+namespace xmoe {
+
+namespace fs = std::filesystem;
+
+std::string corpus_file(const std::string& corpus_dir, const std::string& split,
+                        const std::string& language) {
+  return (fs::path(corpus_dir) / split / (language + ".txt")).string();
+}
+
+std::vector<std::string> list_corpus_languages(const std::string& corpus_dir,
+                                               const std::string& split) {
+  const fs::path dir = fs::path(corpus_dir) / split;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw std::runtime_error(dir.string() + ": no such corpus split directory (expected " +
+                             "<corpus>/<split>/<lang>.txt)");
+  }
+  std::vector<std::string> languages;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".txt") {
+      languages.push_back(entry.path().stem().string());
+    }
+  }
+  if (ec) throw std::runtime_error(dir.string() + ": cannot list directory: " + ec.message());
+  if (languages.empty()) {
+    throw std::runtime_error(dir.string() + ": no <lang>.txt files in the corpus split");
+  }
+  std::sort(languages.begin(), languages.end());
+  return languages;
+}
+
+void for_each_line(const std::string& path,
+                   const std::function<void(int64_t, const std::string&)>& visit) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open corpus file");
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    visit(n++, line);
+  }
+  if (in.bad()) throw std::runtime_error(path + ": error reading corpus file");
+}
+
+}  // namespace xmoe
