@@ -15,12 +15,15 @@ using torch::autograd::variable_list;
 
 constexpr int64_t kGrain = 64;  // rows per task: a row is d floats of copy or FMA
 
-// gx[t] = Σ_j g[row(t, j)], the adjoint of the gather.
-at::Tensor sum_rows_per_token(const at::Tensor& g, const at::Tensor& row_of_slot, int64_t n_tokens) {
-  const int64_t d = g.size(1);
+// out[t] = Σ_j w[t, j] · rows_src[row(t, j)] (w = 1 when `weights` is null): the combine, and
+// with unit weights the adjoint of the gather. Parallel over tokens; each output row is written
+// by one task only.
+at::Tensor sum_rows_per_token(const at::Tensor& src_rows, const float* weights,
+                              const at::Tensor& row_of_slot, int64_t n_tokens) {
+  const int64_t d = src_rows.size(1);
   const int64_t k = n_tokens == 0 ? 0 : row_of_slot.numel() / n_tokens;
-  at::Tensor out = at::empty({n_tokens, d}, g.options());
-  const float* src = g.data_ptr<float>();
+  at::Tensor out = at::empty({n_tokens, d}, src_rows.options());
+  const float* src = src_rows.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t* rows = row_of_slot.data_ptr<int64_t>();
   at::parallel_for(0, n_tokens, kGrain, [&](int64_t begin, int64_t end) {
@@ -30,8 +33,9 @@ at::Tensor sum_rows_per_token(const at::Tensor& g, const at::Tensor& row_of_slot
       for (int64_t j = 0; j < k; ++j) {
         const int64_t r = rows[t * k + j];
         if (r < 0) continue;
+        const float w = weights ? weights[t * k + j] : 1.f;
         const float* s = src + r * d;
-        for (int64_t c = 0; c < d; ++c) o[c] += s[c];
+        for (int64_t c = 0; c < d; ++c) o[c] += w * s[c];
       }
     }
   });
@@ -55,7 +59,8 @@ struct GatherRows : torch::autograd::Function<GatherRows> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor gxs = grads[0].contiguous();
-    at::Tensor gx = sum_rows_per_token(gxs, ctx->saved_data["row_of_slot"].toTensor(),
+    at::Tensor gx = sum_rows_per_token(gxs, /*weights=*/nullptr,
+                                       ctx->saved_data["row_of_slot"].toTensor(),
                                        ctx->saved_data["n_tokens"].toInt());
     return {gx, at::Tensor(), at::Tensor()};
   }
@@ -64,25 +69,7 @@ struct GatherRows : torch::autograd::Function<GatherRows> {
 struct CombineRows : torch::autograd::Function<CombineRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& ys, const at::Tensor& gates,
                             const at::Tensor& row_of_slot) {
-    const int64_t n_tokens = gates.size(0), k = gates.size(1), d = ys.size(1);
-    at::Tensor y = at::empty({n_tokens, d}, ys.options());
-    const float* src = ys.data_ptr<float>();
-    const float* g = gates.data_ptr<float>();
-    const int64_t* rows = row_of_slot.data_ptr<int64_t>();
-    float* dst = y.data_ptr<float>();
-    at::parallel_for(0, n_tokens, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        float* o = dst + t * d;
-        std::memset(o, 0, sizeof(float) * d);
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t r = rows[t * k + j];
-          if (r < 0) continue;
-          const float w = g[t * k + j];
-          const float* s = src + r * d;
-          for (int64_t c = 0; c < d; ++c) o[c] += w * s[c];
-        }
-      }
-    });
+    at::Tensor y = sum_rows_per_token(ys, gates.data_ptr<float>(), row_of_slot, gates.size(0));
     ctx->save_for_backward({ys, gates, row_of_slot});
     return y;
   }
