@@ -1,5 +1,6 @@
 #include "xmoe/io/safetensors.h"
 #include "xmoe/util/atomic_file.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -44,18 +45,9 @@ std::string file_bytes(const std::string& header, const std::string& data) {
   return le64(header.size()) + header + data;
 }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using xmoe_test::Contains;
+using xmoe_test::read_file;
+using xmoe_test::write_file;
 
 std::uint64_t header_length(const std::string& bytes) {
   std::uint64_t n = 0;
@@ -64,12 +56,8 @@ std::uint64_t header_length(const std::string& bytes) {
 }
 
 nlohmann::json read_header(const std::string& path) {
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   return nlohmann::json::parse(bytes.substr(8, header_length(bytes)));
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 // Expects load_safetensors(path) to throw a FileFormatError whose message starts with the
@@ -82,7 +70,7 @@ void expect_format_error(const std::string& path, const std::vector<std::string>
     const std::string msg = e.what();
     EXPECT_EQ(msg.rfind(path, 0), 0u) << "message does not start with the path: " << msg;
     for (const auto& needle : needles) {
-      EXPECT_TRUE(contains(msg, needle)) << "message lacks \"" << needle << "\": " << msg;
+      EXPECT_TRUE(Contains(msg, needle));
     }
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type for " << path << ": " << e.what();
@@ -116,20 +104,10 @@ std::vector<std::string> directory_entries(const fs::path& dir) {
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("xmoe_safetensors_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
+  std::string file(const std::string& name) const { return tmp_.file(name); }
 
-  fs::path dir_;
+  xmoe_test::TempDir tmp_{"xmoe_safetensors"};
+  fs::path dir_{tmp_.path()};
 };
 
 TEST_F(SafetensorsTest, RoundTripIsBitExact) {
@@ -187,7 +165,7 @@ TEST_F(SafetensorsTest, HeaderIsPaddedToEightBytes) {
     const std::string path = file("pad" + std::to_string(len) + ".safetensors");
     const at::Tensor t = at::arange(3, at::kDouble);
     xmoe::save_safetensors(path, {{name, t}});
-    const std::string bytes = read_bytes(path);
+    const std::string bytes = read_file(path);
     const std::uint64_t n = header_length(bytes);
     EXPECT_EQ((8 + n) % 8, 0u) << name;
     EXPECT_EQ(bytes.size(), 8 + n + 24) << name;
@@ -216,7 +194,7 @@ TEST_F(SafetensorsTest, ParsesHandWrittenFile) {
   const std::string data =
       raw_bytes<float>({1.5f, -2.0f}) + raw_bytes<std::int64_t>({-42}) + raw_bytes<double>({0.1});
   const std::string path = file("hand.safetensors");
-  write_bytes(path, file_bytes(header, data));
+  write_file(path, file_bytes(header, data));
 
   const TensorMap t = xmoe::load_safetensors(path);
   ASSERT_EQ(t.size(), 4u);
@@ -238,20 +216,20 @@ TEST_F(SafetensorsTest, RejectsBadFileFraming) {
   expect_format_error(dir_.string(), {"not a regular file"});
 
   const std::string empty = file("empty.safetensors");
-  write_bytes(empty, "");
+  write_file(empty, "");
   expect_format_error(empty, {"too short"});
   const std::string tiny = file("tiny.safetensors");
-  write_bytes(tiny, "abc");
+  write_file(tiny, "abc");
   expect_format_error(tiny, {"too short"});
 
   const std::string longer = file("longer.safetensors");
-  write_bytes(longer, le64(100) + "{}");
+  write_file(longer, le64(100) + "{}");
   expect_format_error(longer, {"exceeds the file size"});
   const std::string absurd = file("absurd.safetensors");
-  write_bytes(absurd, le64(std::uint64_t{1} << 40) + "{}");
+  write_file(absurd, le64(std::uint64_t{1} << 40) + "{}");
   expect_format_error(absurd, {"exceeds the limit"});
   const std::string max = file("max.safetensors");
-  write_bytes(max, le64(std::numeric_limits<std::uint64_t>::max()) + "{}");
+  write_file(max, le64(std::numeric_limits<std::uint64_t>::max()) + "{}");
   expect_format_error(max, {"exceeds the limit"});
 }
 
@@ -327,7 +305,7 @@ TEST_F(SafetensorsTest, RejectsCorruptHeaders) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
     const std::string path = file(std::string(c.label) + ".safetensors");
-    write_bytes(path, file_bytes(c.header, c.data));
+    write_file(path, file_bytes(c.header, c.data));
     expect_format_error(path, c.needles);
   }
 }
@@ -335,8 +313,8 @@ TEST_F(SafetensorsTest, RejectsCorruptHeaders) {
 TEST_F(SafetensorsTest, RejectsTruncatedFile) {
   const std::string path = file("truncated.safetensors");
   xmoe::save_safetensors(path, {{"weights", at::randn({4, 4}, at::kFloat)}});
-  const std::string bytes = read_bytes(path);
-  write_bytes(path, bytes.substr(0, bytes.size() - 4));
+  const std::string bytes = read_file(path);
+  write_file(path, bytes.substr(0, bytes.size() - 4));
   expect_format_error(path, {"'weights'", "beyond the data section"});
 }
 
@@ -358,8 +336,8 @@ TEST_F(SafetensorsTest, SaveRejectsUnsupportedInput) {
     xmoe::save_safetensors(path, {{"ok", at::ones({1})}, {"ints", at::zeros({2}, at::kInt)}});
     ADD_FAILURE() << "no std::invalid_argument";
   } catch (const std::invalid_argument& e) {
-    EXPECT_TRUE(contains(e.what(), "'ints'")) << e.what();
-    EXPECT_TRUE(contains(e.what(), "Int")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "'ints'"));
+    EXPECT_TRUE(Contains(e.what(), "Int"));
   }
   EXPECT_THROW(xmoe::save_safetensors(path, {{"__metadata__", at::ones({1})}}),
                std::invalid_argument);
@@ -371,21 +349,21 @@ TEST_F(SafetensorsTest, SaveRejectsUnsupportedInput) {
     xmoe::save_safetensors(nowhere, {{"w", at::ones({1})}});
     ADD_FAILURE() << "no std::runtime_error";
   } catch (const std::runtime_error& e) {
-    EXPECT_TRUE(contains(e.what(), nowhere)) << e.what();
+    EXPECT_TRUE(Contains(e.what(), nowhere));
   }
 }
 
 TEST_F(SafetensorsTest, AtomicWriteReplacesFile) {
   const std::string path = file("data.txt");
-  write_bytes(path, "old contents");
+  write_file(path, "old contents");
   xmoe::write_file_atomically(path, [](std::ostream& out) { out << "new contents"; });
-  EXPECT_EQ(read_bytes(path), "new contents");
+  EXPECT_EQ(read_file(path), "new contents");
   EXPECT_EQ(directory_entries(dir_), std::vector<std::string>{"data.txt"});
 }
 
 TEST_F(SafetensorsTest, AtomicWriteFailureKeepsOldFile) {
   const std::string path = file("data.txt");
-  write_bytes(path, "old contents");
+  write_file(path, "old contents");
   try {
     xmoe::write_file_atomically(path, [](std::ostream& out) {
       out << "partial";
@@ -393,12 +371,12 @@ TEST_F(SafetensorsTest, AtomicWriteFailureKeepsOldFile) {
     });
     ADD_FAILURE() << "no exception";
   } catch (const std::runtime_error& e) {
-    EXPECT_TRUE(contains(e.what(), path)) << e.what();
-    EXPECT_TRUE(contains(e.what(), "boom")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), path));
+    EXPECT_TRUE(Contains(e.what(), "boom"));
   }
   EXPECT_THROW(xmoe::write_file_atomically(path, [](std::ostream&) { throw 42; }),
                std::runtime_error);
-  EXPECT_EQ(read_bytes(path), "old contents");
+  EXPECT_EQ(read_file(path), "old contents");
   EXPECT_EQ(directory_entries(dir_), std::vector<std::string>{"data.txt"});
 
   const std::string nowhere = file("missing_dir/data.txt");
@@ -406,7 +384,7 @@ TEST_F(SafetensorsTest, AtomicWriteFailureKeepsOldFile) {
     xmoe::write_file_atomically(nowhere, [](std::ostream& out) { out << "x"; });
     ADD_FAILURE() << "no exception";
   } catch (const std::runtime_error& e) {
-    EXPECT_TRUE(contains(e.what(), nowhere)) << e.what();
+    EXPECT_TRUE(Contains(e.what(), nowhere));
   }
   EXPECT_EQ(directory_entries(dir_), std::vector<std::string>{"data.txt"});
 }
