@@ -23,8 +23,10 @@ int main(int argc, char** argv) {
   xmoe::cli::register_bench(app);
   xmoe::cli::register_corpus(app);
   xmoe::cli::register_demo(app);
+  xmoe::cli::register_eval(app);
   xmoe::cli::register_layer_init(app);
   xmoe::cli::register_layer_forward(app);
+  xmoe::cli::register_pretrain(app);
   xmoe::cli::register_tokenizer(app);
 
   try {

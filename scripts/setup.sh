@@ -10,7 +10,7 @@ core_packages=(
   libtorch-dev libopenblas-dev libopenblas0-openmp libdnnl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev
-  python3 groff-base
+  python3 groff-base python3-matplotlib python3-sklearn
 )
 bench_packages=(python3-torch)
 
@@ -43,13 +43,13 @@ fi
 # oversubscribes the cores together with torch's OpenMP pool; the OpenMP build follows
 # at::set_num_threads (measured torch mm: 476 vs 376 GFLOP/s on 2 cores).
 arch_dir=/usr/lib/x86_64-linux-gnu
-openmp_blas="$arch_dir/openblas-openmp/libblas.so.3"
-if [ -e "$openmp_blas" ]; then
-  current=$(readlink -f "$arch_dir/libblas.so.3" || true)
-  if [ "$current" != "$(readlink -f "$openmp_blas")" ]; then
-    "${sudo_cmd[@]}" update-alternatives --set "libblas.so.3-x86_64-linux-gnu" "$openmp_blas" >/dev/null
-    "${sudo_cmd[@]}" update-alternatives --set "liblapack.so.3-x86_64-linux-gnu" \
-      "$arch_dir/openblas-openmp/liblapack.so.3" >/dev/null
+# libblas.so.3 and liblapack.so.3 of the OpenMP build load libopenblas.so.0, itself an
+# alternative that installing numpy/scipy may point at the pthread build: set all three.
+for alt in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
+  target="$arch_dir/openblas-openmp/$alt"
+  [ -e "$target" ] || continue
+  if [ "$(readlink -f "$arch_dir/$alt" || true)" != "$(readlink -f "$target")" ]; then
+    "${sudo_cmd[@]}" update-alternatives --set "$alt-x86_64-linux-gnu" "$target" >/dev/null
   fi
-fi
+done
 echo "setup.sh: all packages present"

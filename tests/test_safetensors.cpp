@@ -155,7 +155,9 @@ TEST_F(SafetensorsTest, WritesMetadataAndNameOrderedLayout) {
   EXPECT_EQ(header.at("b").at("dtype"), "F32");
   EXPECT_EQ(header.at("b").at("shape"), nlohmann::json({2}));
   EXPECT_EQ(header.at("b").at("data_offsets"), nlohmann::json({24, 32}));
-  EXPECT_EQ(xmoe::load_safetensors(path).size(), 2u);
+  StringMap read_back;
+  EXPECT_EQ(xmoe::load_safetensors(path, &read_back).size(), 2u);
+  EXPECT_EQ(read_back, metadata);
 }
 
 TEST_F(SafetensorsTest, HeaderIsPaddedToEightBytes) {

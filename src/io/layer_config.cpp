@@ -1,16 +1,14 @@
 #include "xmoe/io/layer_config.h"
 
 #include "xmoe/io/safetensors.h"  // FileFormatError
+#include "xmoe/io/strict_json.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <fstream>
 #include <functional>
 #include <map>
-#include <set>
 #include <vector>
-#include <sstream>
 
 namespace xmoe {
 
@@ -84,26 +82,7 @@ const char* const kRequiredKeys[] = {"d_model", "d_ff", "n_expert", "top_k"};
 }  // namespace
 
 MoELayerOptions parse_layer_config(const std::string& json_text, const std::string& source) {
-  json root;
-  // nlohmann keeps the last of duplicate keys silently; a config that says two things is an error.
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  auto track_keys = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-    if (event == json::parse_event_t::object_end) open_objects.pop_back();
-    if (event == json::parse_event_t::key && !open_objects.empty() &&
-        !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-      duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  try {
-    root = json::parse(json_text, track_keys);
-  } catch (const json::parse_error& e) {
-    config_error(source, std::string("not valid JSON: ") + e.what());
-  }
-  if (!duplicate.empty()) config_error(source, "key '" + duplicate + "' appears more than once");
-  if (!root.is_object()) config_error(source, "must be a JSON object, got " + type_name(root));
+  json root = parse_json_object(json_text, source);
 
   for (const char* key : kRequiredKeys) {
     if (!root.contains(key)) config_error(source, std::string("missing required key '") + key + "'");
@@ -137,11 +116,7 @@ MoELayerOptions parse_layer_config(const std::string& json_text, const std::stri
 }
 
 MoELayerOptions load_layer_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileFormatError(path + ": cannot open layer config");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_layer_config(text.str(), path);
+  return parse_layer_config(read_text_file(path, "layer config"), path);
 }
 
 std::string layer_config_to_json(const MoELayerOptions& o) {

@@ -196,7 +196,7 @@ json parse_header(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-TensorMap load_safetensors(const std::string& path) {
+TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
@@ -242,6 +242,9 @@ TensorMap load_safetensors(const std::string& path) {
   for (const auto& [name, value] : header.items()) {
     if (name == kMetadataKey) {
       check_metadata(path, value);
+      if (metadata != nullptr) {
+        for (const auto& [key, text] : value.items()) (*metadata)[key] = text.get<std::string>();
+      }
     } else {
       entries.push_back(parse_entry(path, name, value, data_size));
     }

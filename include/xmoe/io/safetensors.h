@@ -28,7 +28,9 @@ using TensorMap = std::map<std::string, at::Tensor>;
 /// a header that is not a JSON object, an unknown dtype, a shape that is not a list of
 /// non-negative integers, data_offsets outside the data section, overlapping or
 /// size-mismatched offsets.
-TensorMap load_safetensors(const std::string& path);
+/// When `metadata` is given it receives the header's "__metadata__" entries.
+TensorMap load_safetensors(const std::string& path,
+                           std::map<std::string, std::string>* metadata = nullptr);
 
 /// Writes `tensors` (any device, any layout; converted to contiguous CPU) to `path`
 /// atomically: a temporary file beside it, fsync, rename. Throws std::invalid_argument for an

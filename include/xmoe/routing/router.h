@@ -45,6 +45,8 @@ class RouterImpl : public torch::nn::Module {
 
   /// Restarts the router's own random stream (noise, jitter, second-expert policies).
   void reseed(uint64_t seed);
+  /// The router's own random stream, e.g. to save and restore its state in a checkpoint.
+  at::Generator& generator() { return generator_; }
 
  protected:
   /// Applies Switch jitter to the router input in training mode.

@@ -1,0 +1,91 @@
+// xmoe pretrain: masked-LM pre-training of a (MoE) encoder from a JSON config
+// (docs/pretraining.md; the run directory: docs/run-directory.md).
+//   xmoe pretrain --config FILE [--set key=value ...] [--out DIR] [--resume] [--quiet]
+//   xmoe pretrain --resume --out DIR          (config from DIR/config.json)
+// Ctrl-C finishes the current step, writes a checkpoint and exits with status 130.
+#include "commands.h"
+
+#include "xmoe/train/trainer.h"
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace xmoe::cli {
+
+namespace {
+
+struct PretrainArgs {
+  std::string config, out;
+  std::vector<std::string> set;
+  bool resume = false, quiet = false;
+};
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void on_interrupt(int) {
+  g_stop.store(true);
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+  std::signal(SIGTERM, SIG_DFL);
+}
+
+int run_pretrain(const PretrainArgs& a) {
+  namespace fs = std::filesystem;
+  std::string config_path = a.config;
+  if (config_path.empty()) {
+    if (!a.resume || a.out.empty())
+      throw std::invalid_argument("give --config FILE (or --resume --out DIR to continue a run "
+                                  "with its saved config)");
+    config_path = (fs::path(a.out) / "config.json").string();
+  }
+  const PretrainConfig config = load_pretrain_config(config_path, a.set);
+  TrainerOptions options;
+  options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
+  options.resume = a.resume;
+  options.progress = !a.quiet;
+  options.stop = &g_stop;
+  if (!a.quiet) std::cout << config.to_json() << std::endl;
+
+  g_stop.store(false);
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+  const TrainResult r = pretrain(config, options);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+
+  if (!r.finished) {
+    std::cerr << "xmoe pretrain: stopped at step " << r.step << "; checkpoint " << r.checkpoint
+              << "\n  continue with: xmoe pretrain --resume --out " << options.run_dir << "\n";
+    return 130;
+  }
+  std::cout << "run " << options.run_dir << ": " << r.step << " steps, checkpoint " << r.checkpoint
+            << "\n";
+  return 0;
+}
+
+}  // namespace
+
+void register_pretrain(CLI::App& app) {
+  auto args = std::make_shared<PretrainArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "pretrain", "Masked-LM pre-training of a dense, SMoE or X-MoE encoder from a JSON config "
+                  "(configs/*.json; docs/pretraining.md)");
+  cmd->add_option("--config", args->config, "Config file (JSON)");
+  cmd->add_option("--set", args->set,
+                  "Override a config key, e.g. --set train.steps=2000 --set moe.top_k=2 "
+                  "(value is JSON, or a plain string)")
+      ->take_all();
+  cmd->add_option("--out", args->out, "Run directory (default: runs/<config name>)");
+  cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint of the run directory");
+  cmd->add_flag("--quiet", args->quiet, "No config print-out and no progress line");
+  cmd->callback([args] {
+    const int rc = run_pretrain(*args);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace xmoe::cli

@@ -1,0 +1,24 @@
+// A trained model back from a run directory or a checkpoint file, for evaluation and analysis.
+#pragma once
+
+#include "xmoe/model/encoder.h"
+#include "xmoe/train/checkpoint.h"
+#include "xmoe/train/pretrain_config.h"
+
+#include <string>
+
+namespace xmoe {
+
+struct SavedModel {
+  std::string checkpoint;      // the file it came from
+  int64_t step = 0;
+  PretrainConfig config;       // the config saved in the checkpoint
+  std::string tokenizer;       // <run>/tokenizer.model when present, else config.data.tokenizer
+  MoEEncoder model{nullptr};   // in evaluation mode
+};
+
+/// Loads the checkpoint `path` (a file, or a run directory: its newest checkpoint). Throws
+/// xmoe::FileFormatError / std::runtime_error naming the file for anything missing or corrupt.
+SavedModel load_saved_model(const std::string& path);
+
+}  // namespace xmoe

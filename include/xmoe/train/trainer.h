@@ -1,0 +1,63 @@
+// Masked-LM pre-training of an MoE encoder (X-MoE paper §4.1; SPEC §6), the engine behind
+// `xmoe pretrain`. One run = one run directory (docs/run-directory.md).
+//
+// Each optimizer step takes `train.accumulate` batches of the training stream, minimises
+//   L = CE_mlm + Σ_layers aux_loss          (aux losses already weighted by their coefficients)
+// averaged over the batches, clips the global gradient norm, and takes an AdamW step
+// (decoupled weight decay on matrices only, not on biases, norms or 1-D parameters) at the
+// learning rate of lr_schedule.h. Every log.every steps a "train" line goes to metrics.jsonl;
+// every eval.every steps (and at the end) the validation loss per language and the routing
+// analysis of the probe tokens (routing_probe.h) a "valid" line; every checkpoint.every steps
+// (and at the end, and when stopped) a checkpoint.
+//
+// Resuming from a checkpoint restores the model, the optimizer moments, the step, every random
+// generator and the data position, so a resumed run continues with the same losses, bit for
+// bit, as one that was never interrupted (same machine, same thread count).
+#pragma once
+
+#include "xmoe/data/mlm_dataset.h"
+#include "xmoe/model/encoder.h"
+#include "xmoe/train/pretrain_config.h"
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace xmoe {
+
+/// Builds the encoder options of a config (vocab from the tokenizer).
+EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size);
+
+/// Seed of the evaluation masks (fixed, so every run is evaluated on the same positions).
+inline constexpr uint64_t kEvalMaskSeed = 20240101;
+
+/// Data options of a split: "train" = the shuffled, sampled training stream seeded with
+/// train.seed; any other split = file order with the fixed evaluation masks.
+MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::string& split);
+
+struct TrainerOptions {
+  std::string run_dir;
+  /// Continue from the newest checkpoint of run_dir (its config must match, except
+  /// train.steps, which may grow).
+  bool resume = false;
+  /// Progress line on stderr.
+  bool progress = true;
+  /// When it becomes true the trainer finishes the current step, writes a checkpoint and
+  /// returns (Ctrl-C).
+  const std::atomic<bool>* stop = nullptr;
+  /// Stop like `stop` after this many steps of this process (tests; -1 = no limit).
+  int64_t max_steps_this_run = -1;
+};
+
+struct TrainResult {
+  bool finished = false;        // false: stopped early (a checkpoint was written)
+  int64_t step = 0;             // optimizer steps done
+  double valid_loss = 0.0;      // last validation loss (NaN when none ran in this process)
+  std::string checkpoint;       // last checkpoint written
+};
+
+/// Trains. Throws std::runtime_error / xmoe::FileFormatError naming the file or step for
+/// missing data, a config that does not match the checkpoint, or a non-finite loss.
+TrainResult pretrain(const PretrainConfig& config, const TrainerOptions& options);
+
+}  // namespace xmoe

@@ -1,0 +1,427 @@
+#include "xmoe/train/trainer.h"
+
+#include "xmoe/data/mlm_dataset.h"
+#include "xmoe/data/tokenizer.h"
+#include "xmoe/model/encoder.h"
+#include "xmoe/train/checkpoint.h"
+#include "xmoe/train/evaluate.h"
+#include "xmoe/train/lr_schedule.h"
+#include "xmoe/train/metrics_log.h"
+#include "xmoe/train/progress.h"
+#include "xmoe/train/routing_probe.h"
+#include "xmoe/train/training_state.h"
+#include "xmoe/util/atomic_file.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+namespace xmoe {
+
+EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size) {
+  const ModelConfig& m = config.model;
+  EncoderOptions o(vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff);
+  o.max_len(config.data.max_len)
+      .dropout(m.dropout)
+      .attention_dropout(m.attention_dropout)
+      .pre_norm(m.pre_norm)
+      .moe_layers(m.moe_layers)
+      .pad_id(Tokenizer::kPadId)
+      .seed(m.init_seed);
+  if (config.moe) o.moe(MoELayerOptions(*config.moe).seed(m.init_seed));
+  return o;
+}
+
+MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::string& split) {
+  const DataConfig& d = config.data;
+  MlmDatasetOptions o(d.corpus, split);
+  o.languages(d.languages).max_len(d.max_len).max_tokens(d.batch_tokens).alpha(d.alpha).mask_prob(d.mask_prob);
+  if (split == "train") return o.seed(config.train.seed).shuffle(true);
+  // Evaluation masks do not depend on the run's seed: runs that differ only in seed are
+  // measured on the same masked positions.
+  return o.seed(kEvalMaskSeed).shuffle(false);
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+// The keys whose change would make a resumed run a different run.
+json identity_of(const std::string& config_json) {
+  json c = json::parse(config_json);
+  c["train"].erase("steps");
+  c.erase("log");
+  c.erase("eval");
+  c.erase("checkpoint");
+  c.erase("name");
+  return c;
+}
+
+std::string first_difference(const json& a, const json& b, const std::string& prefix = "") {
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [key, value] : a.items()) {
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      if (!b.contains(key)) return path;
+      std::string d = first_difference(value, b[key], path);
+      if (!d.empty()) return d;
+    }
+    for (const auto& item : b.items())
+      if (!a.contains(item.key())) return prefix.empty() ? item.key() : prefix + "." + item.key();
+    return "";
+  }
+  return a == b ? "" : (prefix.empty() ? "(root)" : prefix);
+}
+
+struct Accumulated {  // training statistics since the last "train" line
+  double loss = 0, mlm = 0, aux = 0;
+  int64_t steps = 0, tokens = 0;
+  double seconds = 0;
+  std::vector<at::Tensor> expert_counts;  // per MoE layer, [E] int64
+};
+
+class Trainer {
+ public:
+  Trainer(const PretrainConfig& config, const TrainerOptions& options)
+      : config_(config), options_(options) {}
+
+  TrainResult run();
+
+ private:
+  void prepare_run_dir(const Checkpoint* resume_from);
+  void build();
+  void restore(const Checkpoint& checkpoint);
+  void train_step(Accumulated& acc);
+  void log_train(Accumulated& acc);
+  double validate();
+  std::string save_checkpoint();
+  std::string router_rng(int64_t layer) const { return "rng.router." + std::to_string(layer); }
+
+  PretrainConfig config_;
+  TrainerOptions options_;
+  std::string checkpoint_dir_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<MlmDataset> train_data_, valid_data_;
+  ProbeTokens probe_;
+  MoEEncoder model_{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<MetricsLog> metrics_;
+  int64_t step_ = 0;
+  int64_t tokens_seen_ = 0;
+  double last_lr_ = 0.0, last_grad_norm_ = 0.0;
+  // The probe routing at the previous validation, for the routing-fluctuation ratio.
+  std::vector<at::Tensor> previous_experts_;
+  int64_t previous_valid_step_ = -1;
+  Clock::time_point start_ = Clock::now();
+};
+
+void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
+  const std::string& dir = options_.run_dir;
+  checkpoint_dir_ = (fs::path(dir) / "checkpoints").string();
+  if (resume_from == nullptr && !list_checkpoints(checkpoint_dir_).empty())
+    throw std::runtime_error(dir + " already holds a run with checkpoints: pass --resume to "
+                             "continue it, or choose another output directory");
+  fs::create_directories(checkpoint_dir_);
+  write_file_atomically((fs::path(dir) / "config.json").string(),
+                        [&](std::ostream& out) { out << config_.to_json() << '\n'; });
+  const fs::path tokenizer_copy = fs::path(dir) / "tokenizer.model";
+  if (fs::weakly_canonical(config_.data.tokenizer) != fs::weakly_canonical(tokenizer_copy))
+    fs::copy_file(config_.data.tokenizer, tokenizer_copy, fs::copy_options::overwrite_existing);
+  metrics_ = std::make_unique<MetricsLog>((fs::path(dir) / "metrics.jsonl").string(),
+                                          resume_from ? resume_from->step : -1);
+}
+
+void Trainer::build() {
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(config_.data.tokenizer));
+  train_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "train"));
+  valid_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "valid"));
+
+  model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size()));
+  // Initialisation depends on model.init_seed only; every run-time random stream on train.seed,
+  // so runs that differ only in train.seed start from the same weights.
+  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
+  torch_rng.set_current_seed(config_.train.seed);
+  for (size_t i = 0; i < model_->layers().size(); ++i)
+    if (model_->layers()[i]->is_moe())
+      model_->layers()[i]->moe()->router().reseed(config_.train.seed * 1000003ULL + 7919ULL * i);
+
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : model_->parameters())
+    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  const TrainConfig& t = config_.train;
+  auto adamw = [&](double weight_decay) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).eps(t.eps).weight_decay(weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adamw(t.weight_decay));
+  groups.emplace_back(no_decay, adamw(0.0));
+  optimizer_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+}
+
+void Trainer::restore(const Checkpoint& c) {
+  load_module_state(*model_, c.tensors, c.path);
+  load_adamw_state(*optimizer_, *model_, c.tensors, c.path);
+  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
+  load_generator_state(torch_rng, c.tensors, "rng.torch", c.path);
+  for (size_t i = 0; i < model_->layers().size(); ++i)
+    if (model_->layers()[i]->is_moe())
+      load_generator_state(model_->layers()[i]->moe()->router().generator(), c.tensors,
+                           router_rng(static_cast<int64_t>(i)), c.path);
+  try {
+    train_data_->load_state_dict(c.tensors);
+  } catch (const std::invalid_argument& e) {
+    throw FileFormatError(c.path + ": the training data changed since this checkpoint: " + e.what());
+  }
+  step_ = c.step;
+  tokens_seen_ = require_tensor(c.tensors, "train.tokens", c.path).item<int64_t>();
+  previous_valid_step_ = require_tensor(c.tensors, "probe.step", c.path).item<int64_t>();
+  previous_experts_.clear();
+  for (size_t i = 0; previous_valid_step_ >= 0 && i < model_->layers().size(); ++i)
+    if (model_->layers()[i]->is_moe())
+      previous_experts_.push_back(require_tensor(c.tensors, "probe.expert." + std::to_string(i), c.path));
+}
+
+std::string Trainer::save_checkpoint() {
+  TensorMap t = module_state(*model_);
+  t.merge(adamw_state(*optimizer_, *model_));
+  t["rng.torch"] = generator_state(at::detail::getDefaultCPUGenerator());
+  for (size_t i = 0; i < model_->layers().size(); ++i)
+    if (model_->layers()[i]->is_moe())
+      t[router_rng(static_cast<int64_t>(i))] = generator_state(model_->layers()[i]->moe()->router().generator());
+  t.merge(train_data_->state_dict());
+  t["train.tokens"] = at::full({1}, tokens_seen_, at::kLong);
+  t["probe.step"] = at::full({1}, previous_valid_step_, at::kLong);
+  size_t moe_index = 0;
+  for (size_t i = 0; i < model_->layers().size(); ++i)
+    if (model_->layers()[i]->is_moe() && moe_index < previous_experts_.size())
+      t["probe.expert." + std::to_string(i)] = previous_experts_[moe_index++];
+  return write_checkpoint(checkpoint_dir_, step_, t, {{"config", config_.to_json()}},
+                          config_.checkpoint.keep);
+}
+
+void Trainer::train_step(Accumulated& acc) {
+  const auto t0 = Clock::now();
+  const TrainConfig& t = config_.train;
+  double mlm_sum = 0, aux_sum = 0;
+  for (int64_t a = 0; a < t.accumulate; ++a) {
+    MlmBatch batch = train_data_->next_batch();
+    MlmOutput out = model_->mlm(batch.input_ids, batch.labels);
+    at::Tensor loss = out.loss + out.encoder.aux_loss;
+    (t.accumulate > 1 ? loss / static_cast<double>(t.accumulate) : loss).backward();
+    mlm_sum += out.loss.item<double>();
+    aux_sum += out.encoder.aux_loss.item<double>();
+    const int64_t real = batch.mask.sum().item<int64_t>();
+    tokens_seen_ += real;
+    acc.tokens += real;
+    if (acc.expert_counts.empty()) acc.expert_counts.resize(out.encoder.moe.size());
+    for (size_t i = 0; i < out.encoder.moe.size(); ++i) {
+      const at::Tensor& n = out.encoder.moe[i].routing.stats.tokens_per_expert;
+      acc.expert_counts[i] = acc.expert_counts[i].defined() ? acc.expert_counts[i] + n : n.clone();
+    }
+  }
+  const double mlm = mlm_sum / t.accumulate, aux = aux_sum / t.accumulate;
+  const int64_t next = step_ + 1;
+  if (!std::isfinite(mlm) || !std::isfinite(aux)) {
+    std::ostringstream msg;
+    msg << "step " << next << ": the training loss is not finite (mlm " << mlm << ", aux " << aux
+        << "); no checkpoint was written for it. Lower train.lr or raise train.warmup_steps, "
+        << "and resume from the last checkpoint in " << checkpoint_dir_;
+    throw std::runtime_error(msg.str());
+  }
+  const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
+  last_grad_norm_ = torch::nn::utils::clip_grad_norm_(model_->parameters(), max_norm);
+  if (!std::isfinite(last_grad_norm_))
+    throw std::runtime_error("step " + std::to_string(next) + ": the gradient norm is not finite; "
+                             "lower train.lr and resume from the last checkpoint in " + checkpoint_dir_);
+  last_lr_ = learning_rate_at(next, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
+  for (auto& group : optimizer_->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
+  optimizer_->step();
+  optimizer_->zero_grad();
+  step_ = next;
+  acc.loss += mlm + aux;
+  acc.mlm += mlm;
+  acc.aux += aux;
+  acc.steps += 1;
+  acc.seconds += seconds_since(t0);
+}
+
+void Trainer::log_train(Accumulated& acc) {
+  json counts = json::array();
+  for (const at::Tensor& c : acc.expert_counts) {
+    const at::Tensor cc = c.contiguous();
+    counts.push_back(std::vector<int64_t>(cc.data_ptr<int64_t>(), cc.data_ptr<int64_t>() + cc.numel()));
+  }
+  const double n = static_cast<double>(acc.steps);
+  metrics_->write({{"kind", "train"},
+                   {"step", step_},
+                   {"loss", acc.loss / n},
+                   {"mlm_loss", acc.mlm / n},
+                   {"aux_loss", acc.aux / n},
+                   {"lr", last_lr_},
+                   {"grad_norm", last_grad_norm_},
+                   {"tokens", tokens_seen_},
+                   {"tokens_per_s", acc.seconds > 0 ? acc.tokens / acc.seconds : 0.0},
+                   {"elapsed_s", seconds_since(start_)},
+                   {"expert_counts", counts}});
+  acc = Accumulated{};
+}
+
+double Trainer::validate() {
+  const MlmEvaluation eval = evaluate_mlm(model_, *valid_data_, config_.eval.max_batches);
+  json languages = json::object();
+  for (const LanguageLoss& l : eval.languages)
+    languages[l.language] = {{"loss", finite_or_null(l.loss)},
+                             {"ppl", finite_or_null(std::exp(l.loss))},
+                             {"tokens", l.tokens}};
+
+  const auto t0 = Clock::now();
+  json moe = json::array();
+  std::vector<at::Tensor> experts;
+  if (probe_.input_ids.defined() && probe_.input_ids.size(0) > 0) {
+    const std::vector<ProbeRouting> routing = route_probe(model_, probe_);
+    for (size_t i = 0; i < routing.size(); ++i) {
+      ProbeRouting previous;
+      const bool has_previous = i < previous_experts_.size();
+      if (has_previous) previous.expert = previous_experts_[i];
+      const ProbeLayerMetrics m = probe_layer_metrics(routing[i], has_previous ? &previous : nullptr);
+      moe.push_back({{"layer", m.layer},
+                     {"load", m.load},
+                     {"load_cv", finite_or_null(m.load_cv)},
+                     {"load_max_over_mean", finite_or_null(m.load_max_over_mean)},
+                     {"load_entropy", finite_or_null(m.load_entropy)},
+                     {"dropped_fraction", m.dropped_fraction},
+                     {"rc_router", finite_or_null(m.rc_router)},
+                     {"rc_hidden", finite_or_null(m.rc_hidden)},
+                     {"rf", m.rf ? finite_or_null(*m.rf) : json(nullptr)},
+                     {"rf_step_gap", has_previous ? json(step_ - previous_valid_step_) : json(nullptr)}});
+      experts.push_back(routing[i].expert);
+    }
+  }
+  const double analysis_ms = seconds_since(t0) * 1e3;
+  previous_experts_ = std::move(experts);
+  previous_valid_step_ = step_;
+
+  metrics_->write({{"kind", "valid"},
+                   {"step", step_},
+                   {"valid_loss", finite_or_null(eval.loss)},
+                   {"valid_ppl", finite_or_null(std::exp(eval.loss))},
+                   {"lr", last_lr_},
+                   {"languages", languages},
+                   {"moe", moe},
+                   {"analysis_ms", analysis_ms}});
+  if (options_.progress) {
+    std::ostringstream line;
+    line.precision(4);
+    line << "step " << step_ << ": valid loss " << eval.loss << ", ppl " << std::exp(eval.loss);
+    for (const LanguageLoss& l : eval.languages) line << " | " << l.language << " " << std::exp(l.loss);
+    std::cerr << line.str() << "\n";
+  }
+  return eval.loss;
+}
+
+TrainResult Trainer::run() {
+  std::unique_ptr<Checkpoint> resume_from;
+  if (options_.resume) {
+    const auto all = list_checkpoints((fs::path(options_.run_dir) / "checkpoints").string());
+    if (all.empty())
+      throw std::runtime_error(options_.run_dir + ": --resume: no checkpoint to resume from in " +
+                               (fs::path(options_.run_dir) / "checkpoints").string());
+    resume_from = std::make_unique<Checkpoint>(read_checkpoint(all.back().second));
+    const auto saved = resume_from->metadata.find("config");
+    if (saved == resume_from->metadata.end())
+      throw FileFormatError(resume_from->path + ": the checkpoint has no 'config' metadata");
+    const std::string diff = first_difference(identity_of(saved->second), identity_of(config_.to_json()));
+    if (!diff.empty())
+      throw std::runtime_error(resume_from->path + ": --resume: the config differs from the "
+                               "checkpoint's at '" + diff + "' (only train.steps, log, eval and "
+                               "checkpoint settings may change on resume)");
+  }
+  build();
+  prepare_run_dir(resume_from.get());
+  const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();
+  if (resume_from && fs::exists(probe_path)) {
+    probe_ = load_probe_tokens(probe_path);
+  } else {
+    probe_ = select_probe_tokens(*valid_data_, config_.eval.probe_tokens);
+    save_probe_tokens(probe_path, probe_);
+  }
+  if (resume_from) restore(*resume_from);
+  model_->train();
+
+  TrainResult result;
+  result.valid_loss = NAN;
+  const TrainConfig& t = config_.train;
+  if (options_.progress) {
+    int64_t n_params = 0;
+    for (const auto& p : model_->parameters()) n_params += p.numel();
+    std::cerr << "xmoe pretrain: " << config_.name << ", " << n_params << " parameters, "
+              << train_data_->n_languages() << " languages, "
+              << (resume_from ? "resuming at step " + std::to_string(step_) : std::string("from scratch"))
+              << ", " << t.steps << " steps -> " << options_.run_dir << "\n";
+  }
+  ProgressLine progress(t.steps, step_);
+  Accumulated acc;
+  int64_t last_checkpoint_step = resume_from ? step_ : -1;
+  int64_t steps_this_run = 0;
+  bool stopped = false;
+  while (step_ < t.steps) {
+    train_step(acc);
+    ++steps_this_run;
+    if (step_ % config_.log.every == 0 || step_ == t.steps) {
+      if (options_.progress) {
+        std::ostringstream text;
+        text.precision(4);
+        text << "loss " << acc.loss / acc.steps;
+        progress.update(step_, acc.tokens / std::max(acc.seconds, 1e-9), text.str());
+      }
+      log_train(acc);
+    }
+    if (step_ % config_.eval.every == 0 || step_ == t.steps) {
+      if (options_.progress) progress.finish();
+      result.valid_loss = validate();
+    }
+    const bool stop = (options_.stop != nullptr && options_.stop->load()) ||
+                      (options_.max_steps_this_run >= 0 && steps_this_run >= options_.max_steps_this_run);
+    if (step_ % config_.checkpoint.every == 0 || step_ == t.steps || stop) {
+      result.checkpoint = save_checkpoint();
+      last_checkpoint_step = step_;
+    }
+    if (stop && step_ < t.steps) {
+      stopped = true;
+      break;
+    }
+  }
+  if (options_.progress) progress.finish();
+  if (last_checkpoint_step != step_) result.checkpoint = save_checkpoint();
+  result.finished = !stopped;
+  result.step = step_;
+  return result;
+}
+
+}  // namespace
+
+TrainResult pretrain(const PretrainConfig& config, const TrainerOptions& options) {
+  Trainer trainer(config, options);
+  return trainer.run();
+}
+
+}  // namespace xmoe
