@@ -11,6 +11,7 @@
 #include <functional>
 #include <limits>
 #include <set>
+#include <sstream>
 
 namespace xmoe {
 
@@ -98,9 +99,9 @@ Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
   return [=](const double& v) {
     const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
     if (ok) return std::string();
-    std::string range = std::string(lo_open ? "(" : "[") + json(lo).dump() + ", ";
-    range += (std::isinf(hi) ? std::string("inf") : json(hi).dump()) + (hi_open ? ")" : "]");
-    return "must be in " + range;
+    std::ostringstream range;
+    range << (lo_open ? "(" : "[") << lo << ", " << hi << (hi_open ? ")" : "]");
+    return "must be in " + range.str();
   };
 }
 Check<std::string> not_empty() {
@@ -208,6 +209,8 @@ c10::optional<MoELayerOptions> read_moe(const json& moe, const ModelConfig& mode
 }
 
 void check_whole(const PretrainConfig& c) {
+  if (c.data.corpus.empty()) key_error("data.corpus", "is required (the corpus directory)");
+  if (c.data.tokenizer.empty()) key_error("data.tokenizer", "is required (a SentencePiece .model)");
   if (c.model.d_model % c.model.n_heads != 0)
     key_error("model.n_heads", "must divide model.d_model (" + std::to_string(c.model.d_model) +
                                    "), got " + std::to_string(c.model.n_heads));

@@ -251,7 +251,7 @@ void Trainer::train_step(Accumulated& acc) {
   if (!std::isfinite(last_grad_norm_))
     throw std::runtime_error("step " + std::to_string(next) + ": the gradient norm is not finite; "
                              "lower train.lr and resume from the last checkpoint in " + checkpoint_dir_);
-  last_lr_ = learning_rate_at(next, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
+  last_lr_ = learning_rate_at(step_, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
   optimizer_->step();

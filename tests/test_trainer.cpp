@@ -1,0 +1,210 @@
+// Pre-training end to end on a tiny generated corpus: an interrupted and resumed run equals an
+// uninterrupted one bit for bit, Ctrl-C (the stop flag) checkpoints, checkpoint writes are
+// atomic, corrupt or mismatched checkpoints are reported clearly, and evaluation of a saved
+// model reproduces the trainer's validation loss.
+#include "xmoe/data/tokenizer_trainer.h"
+#include "xmoe/train/checkpoint.h"
+#include "xmoe/train/evaluate.h"
+#include "xmoe/train/saved_model.h"
+#include "xmoe/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "test_data_util.h"
+#include "test_util.h"
+
+namespace {
+
+using namespace xmoe;
+using xmoe_test::Contains;
+using xmoe_test::TempDir;
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = std::make_unique<TempDir>("xmoe_trainer");
+    xmoe_test::write_corpus(dir_->file("corpus"), "train", {{"de", 150}, {"en", 300}, {"ru", 60}, {"zh", 30}}, 2);
+    xmoe_test::write_corpus(dir_->file("corpus"), "valid", {{"de", 20}, {"en", 20}, {"ru", 10}, {"zh", 10}}, 3);
+    train_tokenizer_from_corpus(dir_->file("corpus"), "train", dir_->file("tok/spm"),
+                                xmoe_test::tiny_tokenizer_options());
+  }
+  static void TearDownTestSuite() { dir_.reset(); }
+
+  // A tiny SMoE with noisy top-k routing (router noise) and dropout (the global generator):
+  // every random stream a resume has to restore.
+  static PretrainConfig config(const std::vector<std::string>& overrides = {}) {
+    const std::string text = R"({
+      "name": "tiny",
+      "data": {"corpus": ")" + dir_->file("corpus") + R"(", "tokenizer": ")" +
+                             dir_->file("tok/spm.model") + R"(", "max_len": 24, "batch_tokens": 96},
+      "model": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "moe_layers": [1]},
+      "moe": {"n_expert": 4, "top_k": 2, "router": "noisy_topk"},
+      "train": {"steps": 8, "lr": 3e-3, "warmup_steps": 2, "seed": 5},
+      "log": {"every": 1},
+      "eval": {"every": 3, "max_batches": 2, "probe_tokens": 200},
+      "checkpoint": {"every": 100, "keep": 2}
+    })";
+    return parse_pretrain_config(text, "test config", overrides);
+  }
+
+  static TrainResult train(const PretrainConfig& c, const std::string& run, bool resume = false,
+                           int64_t max_steps = -1, const std::atomic<bool>* stop = nullptr) {
+    TrainerOptions o;
+    o.run_dir = run;
+    o.resume = resume;
+    o.progress = false;
+    o.max_steps_this_run = max_steps;
+    o.stop = stop;
+    return pretrain(c, o);
+  }
+
+  // metrics.jsonl without the wall-clock fields.
+  static std::vector<nlohmann::json> metrics(const std::string& run) {
+    std::vector<nlohmann::json> lines;
+    std::istringstream in(xmoe_test::read_file(run + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      for (const char* k : {"tokens_per_s", "elapsed_s", "analysis_ms"}) j.erase(k);
+      lines.push_back(j);
+    }
+    return lines;
+  }
+
+  static std::unique_ptr<TempDir> dir_;
+};
+std::unique_ptr<TempDir> TrainerTest::dir_;
+
+TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
+  TempDir runs("xmoe_runs");
+  const TrainResult whole = train(config(), runs.file("whole"));
+  EXPECT_TRUE(whole.finished);
+  EXPECT_EQ(whole.step, 8);
+
+  const TrainResult first = train(config(), runs.file("split"), false, /*max_steps=*/4);
+  EXPECT_FALSE(first.finished);
+  EXPECT_EQ(first.step, 4);
+  EXPECT_EQ(list_checkpoints(runs.file("split/checkpoints")).back().first, 4);
+  const TrainResult second = train(config(), runs.file("split"), /*resume=*/true);
+  EXPECT_TRUE(second.finished);
+  EXPECT_EQ(second.step, 8);
+
+  const auto a = metrics(runs.file("whole")), b = metrics(runs.file("split"));
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_EQ(a.size(), 8u + 3u);  // 8 train lines, valid at 3, 6, 8
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "line " << i;
+
+  const Checkpoint ca = read_checkpoint(whole.checkpoint), cb = read_checkpoint(second.checkpoint);
+  for (const auto& [name, t] : ca.tensors) {
+    if (name.rfind("model.", 0) == 0 || name.rfind("optim.", 0) == 0)
+      EXPECT_TRUE(t.equal(cb.tensors.at(name))) << name;
+  }
+  // Training did something: the MLM loss at the end is below ln(vocab) = ln 200.
+  EXPECT_LT(a.back().at("valid_loss").get<double>(), std::log(200.0));
+  EXPECT_EQ(a.back().at("moe").size(), 1u);
+  EXPECT_EQ(a.back().at("moe")[0].at("load").size(), 4u);
+}
+
+TEST_F(TrainerTest, StopFlagCheckpointsAfterTheCurrentStep) {
+  TempDir runs("xmoe_runs");
+  std::atomic<bool> stop{true};
+  const TrainResult r = train(config(), runs.file("run"), false, -1, &stop);
+  EXPECT_FALSE(r.finished);
+  EXPECT_EQ(r.step, 1);
+  EXPECT_EQ(read_checkpoint(r.checkpoint).step, 1);
+}
+
+TEST_F(TrainerTest, RefusesToOverwriteARunOrResumeWithAnotherConfig) {
+  TempDir runs("xmoe_runs");
+  train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));
+  try {
+    train(config(), runs.file("run"));
+    ADD_FAILURE() << "overwrote a run";
+  } catch (const std::runtime_error& e) {
+    EXPECT_TRUE(Contains(e.what(), "already holds a run with checkpoints: pass --resume"));
+  }
+  try {
+    train(config({"train.lr=1e-4"}), runs.file("run"), true);
+    ADD_FAILURE() << "resumed with another learning rate";
+  } catch (const std::runtime_error& e) {
+    EXPECT_TRUE(Contains(e.what(), "the config differs from the checkpoint's at 'train.lr'"));
+  }
+  try {
+    train(config(), runs.file("nothing"), true);
+    ADD_FAILURE() << "resumed from nothing";
+  } catch (const std::runtime_error& e) {
+    EXPECT_TRUE(Contains(e.what(), "no checkpoint to resume from"));
+  }
+  // More steps may be added on resume.
+  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1"}), runs.file("run"), true).step, 3);
+}
+
+TEST_F(TrainerTest, CorruptCheckpointIsReportedWithItsPath) {
+  TempDir runs("xmoe_runs");
+  const TrainResult r = train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));
+  const std::string bytes = xmoe_test::read_file(r.checkpoint);
+  xmoe_test::write_file(r.checkpoint, bytes.substr(0, bytes.size() / 2));  // torn file
+  try {
+    train(config({"train.steps=4", "train.warmup_steps=1"}), runs.file("run"), true);
+    ADD_FAILURE() << "resumed from a truncated checkpoint";
+  } catch (const FileFormatError& e) {
+    EXPECT_TRUE(Contains(e.what(), r.checkpoint));
+  }
+  xmoe_test::write_file(r.checkpoint, "not a checkpoint at all");
+  EXPECT_THROW(read_checkpoint(r.checkpoint), FileFormatError);
+  EXPECT_THROW(load_saved_model(runs.file("run")), FileFormatError);
+  // A valid safetensors file that is not a checkpoint.
+  save_safetensors(r.checkpoint, {{"x", at::zeros({2})}});
+  try {
+    read_checkpoint(r.checkpoint);
+    ADD_FAILURE();
+  } catch (const FileFormatError& e) {
+    EXPECT_TRUE(Contains(e.what(), "not an xmoe checkpoint"));
+  }
+}
+
+TEST_F(TrainerTest, InterruptedCheckpointWriteLeavesThePreviousOneLoadable) {
+  TempDir runs("xmoe_runs");
+  const TrainResult r = train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));
+  const std::string dir = runs.file("run/checkpoints");
+  // A crash mid-write leaves a temporary file behind; it is never taken for a checkpoint.
+  xmoe_test::write_file(dir + "/step-000009.safetensors.tmp.4242", "half a file");
+  // A write that fails part-way (an unsupported dtype is found while writing).
+  EXPECT_THROW(write_checkpoint(dir, 9, {{"a", at::zeros({3})}, {"b", at::zeros({2}, at::kInt)}}, {}, 2),
+               std::invalid_argument);
+  const auto all = list_checkpoints(dir);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].second, r.checkpoint);
+  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1"}), runs.file("run"), true).step, 3);
+}
+
+TEST_F(TrainerTest, CheckpointsKeepTheNewestK) {
+  TempDir runs("xmoe_runs");
+  train(config({"train.steps=5", "train.warmup_steps=1", "checkpoint.every=1", "checkpoint.keep=2"}),
+        runs.file("run"));
+  const auto all = list_checkpoints(runs.file("run/checkpoints"));
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].first, 4);
+  EXPECT_EQ(all[1].first, 5);
+}
+
+TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
+  TempDir runs("xmoe_runs");
+  const TrainResult r = train(config({"train.steps=3", "train.warmup_steps=1"}), runs.file("run"));
+  SavedModel saved = load_saved_model(runs.file("run"));
+  EXPECT_EQ(saved.step, 3);
+  EXPECT_EQ(saved.tokenizer, runs.file("run/tokenizer.model"));
+  const Tokenizer tokenizer = Tokenizer::load(saved.tokenizer);
+  const MlmDataset valid(tokenizer, dataset_options(saved.config, "valid"));
+  const MlmEvaluation e = evaluate_mlm(saved.model, valid, saved.config.eval.max_batches);
+  EXPECT_DOUBLE_EQ(e.loss, r.valid_loss);
+  ASSERT_EQ(e.languages.size(), 4u);
+  EXPECT_EQ(e.languages[0].language, "de");
+  EXPECT_GT(e.languages[0].tokens, 0);
+}
+
+}  // namespace
