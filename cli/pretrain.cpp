@@ -7,6 +7,8 @@
 
 #include "xmoe/train/trainer.h"
 
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <csignal>
 #include <filesystem>
@@ -48,7 +50,8 @@ int run_pretrain(const PretrainArgs& a) {
   options.resume = a.resume;
   options.progress = !a.quiet;
   options.stop = &g_stop;
-  if (!a.quiet) std::cout << config.to_json() << std::endl;
+  if (!a.quiet)  // one line; the run directory gets the indented copy (config.json)
+    std::cout << "resolved config: " << nlohmann::json::parse(config.to_json()).dump() << std::endl;
 
   g_stop.store(false);
   std::signal(SIGINT, on_interrupt);

@@ -3,6 +3,9 @@
 #include "xmoe/io/safetensors.h"  // FileFormatError
 #include "xmoe/train/lr_schedule.h"
 #include "xmoe/train/pretrain_config.h"
+#include "xmoe/train/trainer.h"  // encoder_options
+
+#include <filesystem>
 
 #include <gtest/gtest.h>
 
@@ -108,6 +111,19 @@ TEST(PretrainConfig, MissingFileIsNamed) {
   } catch (const FileFormatError& e) {
     EXPECT_TRUE(Contains(e.what(), "/nonexistent/cfg.json: cannot open"));
   }
+}
+
+TEST(PretrainConfig, EveryShippedConfigIsValidAndNamedAfterItsFile) {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(XMOE_SOURCE_DIR "/configs")) {
+    if (entry.path().extension() != ".json") continue;
+    SCOPED_TRACE(entry.path().string());
+    const auto c = xmoe::load_pretrain_config(entry.path().string());
+    EXPECT_EQ(c.name, entry.path().stem().string());
+    EXPECT_NO_THROW(xmoe::encoder_options(c, 8000).validate());
+    ++n;
+  }
+  EXPECT_EQ(n, 16);  // 8 variants × {tiny, small}
 }
 
 TEST(LearningRateSchedule, WarmsUpLinearlyThenDecaysToTheFinalRatio) {

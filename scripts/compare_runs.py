@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Prints the main job's comparison table: test perplexity per language for every run (from
+`xmoe eval --json` output saved as <run>/eval-test.json) and the expert load balance of the
+last validation in <run>/metrics.jsonl (docs/run-directory.md).
+
+Usage: compare_runs.py RUN_DIR [RUN_DIR ...]
+"""
+import json
+import math
+import os
+import sys
+
+
+def last_valid(run):
+    last = None
+    with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{run}/metrics.jsonl:{number}: malformed line ({e})")
+            if record.get("kind") == "valid":
+                last = record
+    return last
+
+
+def mean(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def main(runs):
+    if not runs:
+        sys.exit(__doc__)
+    rows = []
+    for run in runs:
+        with open(os.path.join(run, "eval-test.json"), encoding="utf-8") as f:
+            test = json.load(f)
+        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+            name = json.load(f).get("name", os.path.basename(run))
+        rows.append((name, test, last_valid(run) or {}))
+
+    languages = sorted({lang for _, test, _ in rows for lang in test["languages"]})
+    width = max(len(name) for name, _, _ in rows) + 2
+    print("Test perplexity (masked LM, lower is better)")
+    print("run".ljust(width) + "".join(lang.rjust(8) for lang in languages) + "     all")
+    for name, test, _ in rows:
+        cells = "".join(f"{test['languages'].get(lang, {}).get('ppl', float('nan')):8.1f}" for lang in languages)
+        print(name.ljust(width) + cells + f"{test['ppl']:8.1f}")
+    print()
+    print("Expert load balance at the last validation (probe tokens; mean over MoE layers)")
+    print("run".ljust(width) + "load CV".rjust(10) + "max/mean".rjust(10) + "entropy".rjust(10)
+          + "RC router".rjust(11) + "RC hidden".rjust(11))
+    for name, _, valid in rows:
+        layers = valid.get("moe", [])
+        if not layers:
+            print(name.ljust(width) + "   (dense: no MoE layer)")
+            continue
+        stat = lambda key: mean([layer.get(key) for layer in layers])
+        print(name.ljust(width) + f"{stat('load_cv'):10.3f}{stat('load_max_over_mean'):10.3f}"
+              f"{stat('load_entropy'):10.3f}{stat('rc_router'):11.3f}{stat('rc_hidden'):11.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
