@@ -5,6 +5,7 @@
 
 namespace xmoe::cli {
 
+void register_analyze(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_corpus(CLI::App& app);
 void register_demo(CLI::App& app);
@@ -12,6 +13,7 @@ void register_eval(CLI::App& app);
 void register_layer_init(CLI::App& app);
 void register_layer_forward(CLI::App& app);
 void register_pretrain(CLI::App& app);
+void register_report(CLI::App& app);
 void register_tokenizer(CLI::App& app);
 
 }  // namespace xmoe::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.parse_complete_callback([&] { at::set_num_threads(threads); });
 
+  xmoe::cli::register_analyze(app);
   xmoe::cli::register_bench(app);
   xmoe::cli::register_corpus(app);
   xmoe::cli::register_demo(app);
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   xmoe::cli::register_layer_init(app);
   xmoe::cli::register_layer_forward(app);
   xmoe::cli::register_pretrain(app);
+  xmoe::cli::register_report(app);
   xmoe::cli::register_tokenizer(app);
 
   try {
