@@ -156,6 +156,7 @@ void run_bench_layer(const BenchArgs& a) {
 void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
+  register_bench_train(*bench);
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = bench->add_subcommand(
       "layer", "Time forward + backward of one MoE layer and its bare GEMM limit (JSON line)");

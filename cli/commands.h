@@ -7,6 +7,7 @@ namespace xmoe::cli {
 
 void register_analyze(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_bench_train(CLI::App& bench);  // cli/bench_train.cpp, under `bench`
 void register_corpus(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_eval(CLI::App& app);

@@ -1,0 +1,253 @@
+// xmoe bench train: masked-LM training speed of the encoder of a pre-training config, with
+// synthetic full-length batches (no corpus, no tokenizer), the same step as the trainer
+// (src/train/trainer.cpp Trainer::train_step): forward mlm + aux loss, backward, global-norm
+// clipping, AdamW with two parameter groups (weight decay on matrices only), zero_grad. Prints
+// one JSON line; bench/train_peer.py is the same model in Python PyTorch and prints the same
+// line, bench/compare_train.sh runs both.
+//
+//   xmoe [--threads N] bench train --config FILE [--set k=v ...] [--steps N] [--warmup N]
+//                                  [--batch-seqs B] [--seq-len L] [--vocab V] [--print-config]
+//                                  [--profile N]   (N more steps under the profiler: self time
+//                                                   per operator on stderr)
+//
+// Batches: ids uniform in [5, vocab) (no special tokens, no padding), each position labelled
+// with probability mask_prob (0.15 by default) and then replaced by the mask id, from a
+// generator seeded with --seed. They come from LibTorch's CPU generator (mt19937), so
+// train_peer.py draws bit-identical batches; both print "batch_checksum" to show it.
+#include "commands.h"
+
+#include "xmoe/data/tokenizer.h"
+#include "xmoe/model/encoder.h"
+#include "xmoe/train/pretrain_config.h"
+#include "xmoe/train/trainer.h"
+#include "xmoe/util/init.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+namespace xmoe::cli {
+
+namespace {
+
+struct BenchTrainArgs {
+  std::string config;
+  std::vector<std::string> set;
+  int64_t steps = 10, warmup = 2, batch_seqs = 0, seq_len = 0, vocab = 8000, profile = 0;
+  uint64_t seed = 1;
+  bool print_config = false;
+};
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+struct Batch {
+  at::Tensor ids, labels;
+};
+
+// The same draws, in the same order, as train_peer.py's make_batch.
+Batch make_batch(int64_t b, int64_t l, int64_t vocab, double mask_prob, at::Generator& gen) {
+  Batch batch;
+  at::Tensor ids = at::randint(Tokenizer::kNumSpecial, vocab, {b, l}, gen, at::kLong);
+  at::Tensor masked = at::rand({b, l}, gen, at::kFloat).lt(mask_prob);
+  masked.select(1, 0).fill_(true);  // at least one prediction per sequence
+  batch.labels = at::where(masked, ids, at::full({}, -100, at::kLong));
+  batch.ids = ids.masked_fill(masked, Tokenizer::kMaskId);
+  return batch;
+}
+
+struct OpTime {
+  double self_ms = 0;  // per step
+  double calls = 0;    // per step
+};
+
+// Self time (ms per step) of every operator recorded by LibTorch's CPU profiler: an op's time
+// less the time of the ops it called, the same measure as torch.profiler's "Self CPU".
+std::map<std::string, OpTime> self_ms(const torch::autograd::profiler::thread_event_lists& lists,
+                                      int64_t steps) {
+  using torch::autograd::profiler::EventKind;
+  using torch::autograd::profiler::LegacyEvent;
+  std::map<std::string, OpTime> out;
+  for (const auto& list : lists) {
+    struct Open {
+      const LegacyEvent* push;
+      double children_us;
+    };
+    std::vector<Open> stack;
+    for (const LegacyEvent& e : list) {
+      if (e.kind() == EventKind::PushRange) {
+        stack.push_back({&e, 0.0});
+      } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
+        const Open open = stack.back();
+        stack.pop_back();
+        const double total = open.push->cpuElapsedUs(e);
+        OpTime& op = out[open.push->name()];
+        op.self_ms += (total - open.children_us) / 1000.0 / static_cast<double>(steps);
+        op.calls += 1.0 / static_cast<double>(steps);
+        if (!stack.empty()) stack.back().children_us += total;
+      }
+    }
+  }
+  return out;
+}
+
+void run_bench_train(const BenchTrainArgs& a) {
+  const PretrainConfig config = load_pretrain_config(a.config, a.set);
+  if (a.print_config) {
+    std::cout << config.to_json() << std::endl;
+    return;
+  }
+  const int64_t seq_len = a.seq_len > 0 ? a.seq_len : config.data.max_len;
+  const int64_t batch_seqs = a.batch_seqs > 0 ? a.batch_seqs
+                                              : std::max<int64_t>(1, config.data.batch_tokens / seq_len);
+  if (a.vocab <= Tokenizer::kNumSpecial)
+    throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
+  EncoderOptions eo = encoder_options(config, a.vocab);
+  eo.max_len(std::max(eo.max_len(), seq_len));
+  MoEEncoder model(eo);
+  model->train();
+
+  // As Trainer::build: run-time random streams (dropout, router noise) from train.seed.
+  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
+  torch_rng.set_current_seed(config.train.seed);
+  for (size_t i = 0; i < model->layers().size(); ++i)
+    if (model->layers()[i]->is_moe())
+      model->layers()[i]->moe()->router().reseed(config.train.seed * 1000003ULL + 7919ULL * i);
+
+  std::vector<at::Tensor> decay, no_decay;
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) {
+    params += p.numel();
+    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  }
+  const TrainConfig& t = config.train;
+  auto adamw = [&](double weight_decay) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).eps(t.eps).weight_decay(weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adamw(t.weight_decay));
+  groups.emplace_back(no_decay, adamw(0.0));
+  torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(t.lr));
+  const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
+
+  // Every batch is drawn before the clock starts.
+  at::Generator data_gen = make_generator(a.seed);
+  std::vector<Batch> batches;
+  const int64_t total_steps = a.warmup + a.steps + a.profile;
+  for (int64_t i = 0; i < total_steps; ++i)
+    batches.push_back(make_batch(batch_seqs, seq_len, a.vocab, config.data.mask_prob, data_gen));
+  const double checksum = batches[0].ids.sum().item<double>() +
+                          batches[0].labels.ne(-100).sum().item<double>();
+
+  std::vector<double> times;
+  double profiled_ms = 0;
+  double loss = 0, aux = 0, grad_norm = 0;
+  for (int64_t i = 0; i < total_steps; ++i) {
+    // --profile: extra steps after the timed ones, under the profiler (never timed).
+    if (a.profile > 0 && i == a.warmup + a.steps)
+      torch::autograd::profiler::enableProfilerLegacy(
+          torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU));
+    const Batch& batch = batches[static_cast<size_t>(i)];
+    const double t0 = now_ms();
+    MlmOutput out = model->mlm(batch.ids, batch.labels);
+    (out.loss + out.encoder.aux_loss).backward();
+    loss = out.loss.item<double>();
+    aux = out.encoder.aux_loss.item<double>();
+    grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
+    optimizer.step();
+    optimizer.zero_grad();
+    const double t1 = now_ms();
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm))
+      throw std::runtime_error("step " + std::to_string(i + 1) + ": loss or gradient norm not finite");
+    if (i >= a.warmup && i < a.warmup + a.steps) times.push_back(t1 - t0);
+    if (i >= a.warmup + a.steps) profiled_ms += (t1 - t0) / static_cast<double>(a.profile);
+  }
+  nlohmann::json profile = nlohmann::json::array();
+  if (a.profile > 0) {
+    const auto ops = self_ms(torch::autograd::profiler::disableProfilerLegacy(), a.profile);
+    std::vector<std::tuple<double, std::string, double>> sorted;
+    double sum = 0;
+    for (const auto& item : ops) {
+      sorted.emplace_back(item.second.self_ms, item.first, item.second.calls);
+      sum += item.second.self_ms;
+    }
+    std::sort(sorted.rbegin(), sorted.rend());
+    std::cerr << "self time per step over " << a.profile << " profiled steps of " << std::fixed
+              << std::setprecision(1) << profiled_ms << " ms (ops " << sum << " ms, outside ops "
+              << profiled_ms - sum << " ms):\n";
+    for (size_t j = 0; j < sorted.size() && j < 30; ++j) {
+      const auto& [ms, name, calls] = sorted[j];
+      std::cerr << std::setw(10) << ms << " ms " << std::setw(7) << std::setprecision(0) << calls
+                << " calls  " << name << std::setprecision(1) << "\n";
+      profile.push_back({name, ms});
+    }
+  }
+  const double step_ms = median(times);
+  const double tokens = static_cast<double>(batch_seqs * seq_len);
+  nlohmann::json out = {
+      {"impl", "xmoe"},
+      {"config", config.name},
+      {"router", config.moe ? config.moe->router() : std::string("dense")},
+      {"batch_seqs", batch_seqs},
+      {"seq_len", seq_len},
+      {"vocab", a.vocab},
+      {"tokens", static_cast<int64_t>(tokens)},
+      {"steps", a.steps},
+      {"warmup", a.warmup},
+      {"threads", at::get_num_threads()},
+      {"step_ms", step_ms},
+      {"step_ms_min", *std::min_element(times.begin(), times.end())},
+      {"step_ms_max", *std::max_element(times.begin(), times.end())},
+      {"tokens_per_s", tokens / (step_ms / 1000.0)},
+      {"params", params},
+      {"last_loss", loss},
+      {"last_aux_loss", aux},
+      {"batch_checksum", checksum},
+  };
+  if (a.profile > 0) out["profile_self_ms"] = profile;
+  std::cout << out.dump() << std::endl;
+}
+
+}  // namespace
+
+void register_bench_train(CLI::App& bench) {
+  auto args = std::make_shared<BenchTrainArgs>();
+  CLI::App* cmd = bench.add_subcommand(
+      "train", "Time masked-LM training steps of a config's encoder on synthetic batches (JSON line)");
+  cmd->add_option("--config", args->config, "Pre-training config (JSON)")->required();
+  cmd->add_option("--set", args->set, "Override a config key, e.g. --set moe.router=dot");
+  cmd->add_option("--steps", args->steps, "Timed steps (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", args->warmup, "Untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch-seqs", args->batch_seqs, "Sequences per batch (0 = data.batch_tokens / seq_len)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seq-len", args->seq_len, "Sequence length (0 = data.max_len)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--vocab", args->vocab, "Vocabulary size (no tokenizer is read)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", args->seed, "Seed of the synthetic batches")->capture_default_str();
+  cmd->add_option("--profile", args->profile, "Profile this many extra steps: self time per op on stderr")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--print-config", args->print_config, "Print the resolved config (every key) and exit");
+  cmd->callback([args] { run_bench_train(*args); });
+}
+
+}  // namespace xmoe::cli
