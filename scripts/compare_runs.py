@@ -24,6 +24,11 @@ def last_valid(run):
     return last
 
 
+def number(value):
+    """A metrics value as float: JSON null (an undefined value, e.g. no tokens) becomes NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def mean(values):
     values = [v for v in values if v is not None and math.isfinite(v)]
     return sum(values) / len(values) if values else float("nan")
@@ -45,8 +50,8 @@ def main(runs):
     print("Test perplexity (masked LM, lower is better)")
     print("run".ljust(width) + "".join(lang.rjust(8) for lang in languages) + "     all")
     for name, test, _ in rows:
-        cells = "".join(f"{test['languages'].get(lang, {}).get('ppl', float('nan')):8.1f}" for lang in languages)
-        print(name.ljust(width) + cells + f"{test['ppl']:8.1f}")
+        cells = "".join(f"{number(test['languages'].get(lang, {}).get('ppl')):8.1f}" for lang in languages)
+        print(name.ljust(width) + cells + f"{number(test['ppl']):8.1f}")
     print()
     print("Expert load balance at the last validation (probe tokens; mean over MoE layers)")
     print("run".ljust(width) + "load CV".rjust(10) + "max/mean".rjust(10) + "entropy".rjust(10)

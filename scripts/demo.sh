@@ -1,8 +1,51 @@
 #!/usr/bin/env bash
-# Sets up, builds the xmoe CLI and runs the main job (for now: the router demo).
+# The main job: set up, build the xmoe CLI, build a multilingual corpus from Debian packages,
+# train the SentencePiece tokenizer, pre-train a tiny SMoE and a tiny X-MoE encoder, evaluate
+# both on the test split, print a comparison table and write the analysis report.
+# Re-running reuses what is already there (corpus, tokenizer, finished runs).
+#   XMOE_DEMO_STEPS=N   training steps per model (default: the configs' 300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target xmoe_cli
-./build/xmoe demo "$@"
+xmoe=./build/xmoe
+
+corpus=data/demo/corpus
+tokenizer=data/demo/spm8k
+runs=runs/demo
+start=$SECONDS
+step() { echo; echo "== [$(( SECONDS - start ))s] $*"; }
+
+step "corpus: LibreOffice help and fortunes, 12 languages -> $corpus"
+if [ ! -f "$corpus/manifest.json" ]; then
+  $xmoe corpus build --out "$corpus" --cache data/debs --sources libreoffice,fortunes \
+    --languages en,de,fr,es,it,ru,pt,nl,pl,ja,zh,cs \
+    --max-paragraphs-per-language 20000 --quiet
+fi
+
+step "tokenizer: SentencePiece unigram, 8000 pieces -> $tokenizer.model"
+if [ ! -f "$tokenizer.model" ]; then
+  $xmoe tokenizer train --corpus "$corpus" --out "$tokenizer" --vocab-size 8000 \
+    --lines-per-language 2000 >/dev/null
+fi
+
+for name in tiny-smoe-softmax tiny-xmoe-softmax; do
+  step "pre-training $name -> $runs/$name"
+  resume=()
+  if ls "$runs/$name/checkpoints/"step-*.safetensors >/dev/null 2>&1; then resume=(--resume); fi
+  $xmoe pretrain --config "configs/$name.json" --out "$runs/$name" "${resume[@]}" \
+    --set "data.corpus=$corpus" "data.tokenizer=$tokenizer.model" \
+    ${XMOE_DEMO_STEPS:+"train.steps=$XMOE_DEMO_STEPS"}
+  $xmoe eval --checkpoint "$runs/$name" --split test --json > "$runs/$name/eval-test.json"
+done
+
+step "comparison"
+python3 scripts/compare_runs.py "$runs/tiny-smoe-softmax" "$runs/tiny-xmoe-softmax"
+
+step "report"
+$xmoe report "$runs/tiny-smoe-softmax" "$runs/tiny-xmoe-softmax" --out "$runs/report"
+echo
+echo "runs:   $runs/tiny-smoe-softmax  $runs/tiny-xmoe-softmax"
+echo "report: $runs/report/index.html"
+echo "done in $(( SECONDS - start ))s after the build"

@@ -151,6 +151,9 @@ void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
 void Trainer::build() {
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(config_.data.tokenizer));
   train_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "train"));
+  // "All languages" becomes the explicit list, so the saved config names the languages that
+  // probe and metrics indices refer to, and validation uses the same list in the same order.
+  config_.data.languages = train_data_->languages();
   valid_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "valid"));
 
   model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size()));
@@ -346,6 +349,9 @@ TrainResult Trainer::run() {
       throw std::runtime_error(options_.run_dir + ": --resume: no checkpoint to resume from in " +
                                (fs::path(options_.run_dir) / "checkpoints").string());
     resume_from = std::make_unique<Checkpoint>(read_checkpoint(all.back().second));
+  }
+  build();
+  if (resume_from) {
     const auto saved = resume_from->metadata.find("config");
     if (saved == resume_from->metadata.end())
       throw FileFormatError(resume_from->path + ": the checkpoint has no 'config' metadata");
@@ -355,7 +361,6 @@ TrainResult Trainer::run() {
                                "checkpoint's at '" + diff + "' (only train.steps, log, eval and "
                                "checkpoint settings may change on resume)");
   }
-  build();
   prepare_run_dir(resume_from.get());
   const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();
   if (resume_from && fs::exists(probe_path)) {
