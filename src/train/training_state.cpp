@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <mutex>
+#include <sstream>
 #include <type_traits>
 
 namespace xmoe {
@@ -23,7 +24,9 @@ template <typename Map>
 typename Map::key_type state_key(const at::Tensor& p) {
   using Key = typename Map::key_type;
   if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
+    std::ostringstream key;  // the key LibTorch 1.x makes with c10::guts::to_string (internal)
+    key << p.unsafeGetTensorImpl();
+    return key.str();
   } else {
     return static_cast<Key>(p.unsafeGetTensorImpl());
   }
