@@ -1,6 +1,7 @@
 // The fast expert path (gather → grouped oneDNN GEMMs → combine, hand-written backward) equals
 // the plain autograd reference path: outputs and every gradient.
 #include "xmoe/kernels/dispatch_plan.h"
+#include "xmoe/kernels/gemm.h"
 #include "xmoe/kernels/grouped_ffn.h"
 #include "xmoe/kernels/permute.h"
 #include "xmoe/moe/moe_layer.h"
@@ -113,6 +114,41 @@ TEST(FastPath, DoubleAndReferenceRequestsUseTheReferencePath) {
   layer->to(at::kDouble);
   MoEOutput out = layer->forward(at::randn({5, 4}, at::kDouble));
   EXPECT_EQ(out.routing.stats.path, "reference");
+}
+
+// oneDNN's sgemm against the ATen product it falls back to, and both against a float64 product:
+// every transpose combination, padded row strides, beta = 0 over NaN garbage and beta = 1.
+TEST(FastPathKernels, SgemmEqualsTheAtenProductForEveryLayout) {
+  const int64_t m = 7, n = 5, k = 9, pad = 3;
+  at::Generator gen = xmoe::make_generator(3);
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      for (float beta : {0.0f, 1.0f}) {
+        SCOPED_TRACE(testing::Message() << "trans_a " << ta << " trans_b " << tb << " beta " << beta);
+        at::Tensor a = at::randn({ta ? k : m, (ta ? m : k) + pad}, gen);  // row stride = cols + pad
+        at::Tensor b = at::randn({tb ? n : k, (tb ? k : n) + pad}, gen);
+        at::Tensor c0 = beta == 0.0f ? at::full({m, n + pad}, NAN) : at::randn({m, n + pad}, gen);
+        at::Tensor c1 = c0.clone(), c2 = c0.clone();
+        auto call = [&](auto gemm, at::Tensor& c) {
+          gemm(ta, tb, m, n, k, 0.5f, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(), b.size(1),
+               beta, c.data_ptr<float>(), c.size(1));
+        };
+        call(xmoe::kernels::sgemm, c1);
+        call(xmoe::kernels::sgemm_aten, c2);
+        at::Tensor op_a = (ta ? a.narrow(1, 0, m).t() : a.narrow(1, 0, k)).to(at::kDouble);
+        at::Tensor op_b = (tb ? b.narrow(1, 0, k).t() : b.narrow(1, 0, n)).to(at::kDouble);
+        at::Tensor expected = 0.5 * op_a.mm(op_b);
+        if (beta != 0.0f) expected += c0.narrow(1, 0, n).to(at::kDouble);
+        EXPECT_TRUE(c1.narrow(1, 0, n).to(at::kDouble).allclose(expected, 1e-5, 1e-5));
+        EXPECT_TRUE(c2.narrow(1, 0, n).to(at::kDouble).allclose(expected, 1e-5, 1e-5));
+        for (const at::Tensor* c : {&c1, &c2}) {  // the padding columns are never written
+          const at::Tensor padding = c->narrow(1, n, pad);
+          EXPECT_TRUE(beta == 0.0f ? padding.isnan().all().item<bool>()
+                                   : padding.equal(c0.narrow(1, n, pad)));
+        }
+      }
+    }
+  }
 }
 
 TEST(FastPathKernels, GroupedFFNHandlesManyExpertsAcrossThreads) {

@@ -1,19 +1,52 @@
 #include "xmoe/kernels/gemm.h"
 
+#include <ATen/ATen.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 
+#include <atomic>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
 namespace xmoe::kernels {
 
+namespace {
+std::atomic<bool> g_use_aten{false};  // set once oneDNN has reported that it cannot run here
+}  // namespace
+
+void sgemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto view = [&](const float* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<float*>(p), {trans ? cols : rows, trans ? rows : cols},
+                                 {ld, 1}, f32);
+    return trans ? t.t() : t;
+  };
+  at::Tensor out = at::from_blob(c, {m, n}, {ldc, 1}, f32);
+  // beta = 0 ignores C's old values (NaN included), as BLAS does.
+  out.addmm_(view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b), beta, alpha);
+}
+
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (g_use_aten.load(std::memory_order_relaxed)) {
+    sgemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
                                           a, lda, b, ldb, beta, c, ldc);
+  if (status == dnnl_unimplemented) {
+    if (!g_use_aten.exchange(true))
+      std::fprintf(stderr, "xmoe: warning: oneDNN's sgemm is unimplemented on this CPU; the "
+                           "expert GEMMs use ATen (slower)\n");
+    sgemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   if (status != dnnl_success) {
     throw std::runtime_error("xmoe::kernels::sgemm: dnnl_sgemm failed with status " +
                              std::to_string(static_cast<int>(status)) + " (M=" + std::to_string(m) +

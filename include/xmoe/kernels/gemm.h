@@ -10,10 +10,18 @@
 namespace xmoe::kernels {
 
 /// C[M, N] = alpha · op(A) · op(B) + beta · C, row-major; op(X) = Xᵀ when trans_x.
-/// lda/ldb/ldc are row strides. Throws std::runtime_error when oneDNN reports an error.
+/// lda/ldb/ldc are row strides. When oneDNN cannot run on the CPU ("unimplemented": seen with
+/// Debian's oneDNN 2.6 on a cloud GPU host, docs/gpu.md) it falls back to sgemm_aten once and for
+/// all, with one warning on stderr; other oneDNN errors throw std::runtime_error.
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc);
+
+/// The same product through ATen (at::addmm_ on views of the buffers): the fallback, and the plain
+/// reference the tests compare sgemm with.
+void sgemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                int64_t ldc);
 
 /// Runs `block(e, row_begin, n_rows)` for every expert e with n_rows > 0 (offsets [E + 1]).
 /// Large blocks run one after another, each GEMM using every thread; when the blocks are small
