@@ -7,12 +7,14 @@
 #include "xmoe/train/evaluate.h"
 #include "xmoe/train/saved_model.h"
 #include "xmoe/train/trainer.h"
+#include "xmoe/train/training_state.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <torch/nn/modules/linear.h>
 
 #include "test_data_util.h"
 #include "test_util.h"
@@ -205,6 +207,35 @@ TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
   ASSERT_EQ(e.languages.size(), 4u);
   EXPECT_EQ(e.languages[0].language, "de");
   EXPECT_GT(e.languages[0].tokens, 0);
+}
+
+TEST(TrainingState, ModuleStateRoundTripsAndRejectsMissingOrForeignTensors) {
+  torch::nn::Linear a(3, 2), b(3, 2);
+  TensorMap state = module_state(*a);
+  ASSERT_EQ(state.size(), 2u);  // model.weight, model.bias
+  load_module_state(*b, state, "ckpt");
+  EXPECT_TRUE(b->weight.equal(a->weight));
+  EXPECT_TRUE(b->bias.equal(a->bias));
+
+  TensorMap foreign = state;
+  foreign["model.extra"] = at::zeros({1});
+  try {
+    load_module_state(*b, foreign, "ckpt");
+    ADD_FAILURE() << "accepted a foreign tensor";
+  } catch (const FileFormatError& e) {
+    EXPECT_TRUE(Contains(e.what(), "ckpt: tensor 'model.extra' does not belong to this model"));
+  }
+  TensorMap missing = state;
+  missing.erase("model.bias");
+  try {
+    load_module_state(*b, missing, "ckpt");
+    ADD_FAILURE() << "accepted a missing tensor";
+  } catch (const FileFormatError& e) {
+    EXPECT_TRUE(Contains(e.what(), "ckpt: missing tensor 'model.bias'"));
+  }
+  TensorMap reshaped = state;
+  reshaped["model.weight"] = at::zeros({2, 4});
+  EXPECT_THROW(load_module_state(*b, reshaped, "ckpt"), FileFormatError);
 }
 
 }  // namespace

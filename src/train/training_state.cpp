@@ -65,14 +65,16 @@ void load_module_state(torch::nn::Module& module, const TensorMap& tensors, cons
     copy_checked(item.value(), tensors, kModel + item.key(), path);
     ++expected;
   }
+  // Every expected tensor was found; any further "model." tensor belongs to another model.
   size_t present = 0;
   std::string extra;
+  const auto parameters = module.named_parameters();
+  const auto buffers = module.named_buffers();
   for (const auto& [name, t] : tensors) {
     if (name.rfind(kModel, 0) != 0) continue;
     ++present;
-    if (!module.named_parameters().contains(name.substr(kModel.size())) &&
-        !module.named_buffers().contains(name.substr(kModel.size())) && extra.empty())
-      extra = name;
+    const std::string key = name.substr(kModel.size());
+    if (extra.empty() && !parameters.contains(key) && !buffers.contains(key)) extra = name;
   }
   if (present != expected)
     fail(path, "tensor '" + extra + "' does not belong to this model (the checkpoint is of another "
