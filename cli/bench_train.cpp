@@ -129,28 +129,13 @@ void run_bench_train(const BenchTrainArgs& a) {
   MoEEncoder model(eo);
   model->train();
 
-  // As Trainer::build: run-time random streams (dropout, router noise) from train.seed.
-  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
-  torch_rng.set_current_seed(config.train.seed);
-  for (size_t i = 0; i < model->layers().size(); ++i)
-    if (model->layers()[i]->is_moe())
-      model->layers()[i]->moe()->router().reseed(config.train.seed * 1000003ULL + 7919ULL * i);
-
-  std::vector<at::Tensor> decay, no_decay;
+  // As the trainer: run-time random streams (dropout, router noise) from train.seed.
+  seed_run_randomness(model, config.train.seed);
   int64_t params = 0;
-  for (const auto& p : model->parameters()) {
-    params += p.numel();
-    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  }
+  for (const auto& p : model->parameters()) params += p.numel();
   const TrainConfig& t = config.train;
-  auto adamw = [&](double weight_decay) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).eps(t.eps).weight_decay(weight_decay));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, adamw(t.weight_decay));
-  groups.emplace_back(no_decay, adamw(0.0));
-  torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(t.lr));
+  const std::unique_ptr<torch::optim::AdamW> optimizer_ptr = make_optimizer(model, t);
+  torch::optim::AdamW& optimizer = *optimizer_ptr;
   const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
 
   // Every batch is drawn before the clock starts.

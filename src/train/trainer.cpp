@@ -52,6 +52,28 @@ MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::strin
   return o.seed(kEvalMaskSeed).shuffle(false);
 }
 
+void seed_run_randomness(MoEEncoder& model, uint64_t seed) {
+  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
+  torch_rng.set_current_seed(seed);
+  for (size_t i = 0; i < model->layers().size(); ++i)
+    if (model->layers()[i]->is_moe())
+      model->layers()[i]->moe()->router().reseed(seed * 1000003ULL + 7919ULL * i);
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const TrainConfig& t) {
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto adamw = [&](double weight_decay) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).eps(t.eps).weight_decay(weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adamw(t.weight_decay));
+  groups.emplace_back(no_decay, adamw(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -159,24 +181,8 @@ void Trainer::build() {
   model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size()));
   // Initialisation depends on model.init_seed only; every run-time random stream on train.seed,
   // so runs that differ only in train.seed start from the same weights.
-  at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
-  torch_rng.set_current_seed(config_.train.seed);
-  for (size_t i = 0; i < model_->layers().size(); ++i)
-    if (model_->layers()[i]->is_moe())
-      model_->layers()[i]->moe()->router().reseed(config_.train.seed * 1000003ULL + 7919ULL * i);
-
-  std::vector<at::Tensor> decay, no_decay;
-  for (const auto& p : model_->parameters())
-    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  const TrainConfig& t = config_.train;
-  auto adamw = [&](double weight_decay) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).eps(t.eps).weight_decay(weight_decay));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, adamw(t.weight_decay));
-  groups.emplace_back(no_decay, adamw(0.0));
-  optimizer_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
+  seed_run_randomness(model_, config_.train.seed);
+  optimizer_ = make_optimizer(model_, config_.train);
 }
 
 void Trainer::restore(const Checkpoint& c) {

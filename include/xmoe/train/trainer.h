@@ -19,7 +19,10 @@
 #include "xmoe/model/encoder.h"
 #include "xmoe/train/pretrain_config.h"
 
+#include <torch/optim/adamw.h>
+
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <string>
 
@@ -34,6 +37,14 @@ inline constexpr uint64_t kEvalMaskSeed = 20240101;
 /// Data options of a split: "train" = the shuffled, sampled training stream seeded with
 /// train.seed; any other split = file order with the fixed evaluation masks.
 MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::string& split);
+
+/// Seeds every run-time random stream from train.seed: the default CPU generator (dropout) and
+/// each MoE router's own generator. Initial weights are left alone (they come from init_seed).
+void seed_run_randomness(MoEEncoder& model, uint64_t seed);
+
+/// AdamW over the trainable parameters: decoupled weight decay on matrices and embeddings
+/// (dim >= 2) only, none on biases, norms and other 1-D parameters.
+std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const TrainConfig& t);
 
 struct TrainerOptions {
   std::string run_dir;
