@@ -1,5 +1,8 @@
 #include "xmoe/model/encoder.h"
 
+#include "xmoe/kernels/attention.h"
+#include "xmoe/kernels/dropout.h"
+#include "xmoe/kernels/embedding.h"
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
@@ -50,31 +53,20 @@ void EncoderOptions::validate() const {
 // ---- attention -----------------------------------------------------------------------------
 
 SelfAttentionImpl::SelfAttentionImpl(int64_t d_model, int64_t n_heads, double dropout)
-    : n_heads_(n_heads) {
+    : n_heads_(n_heads), dropout_(dropout) {
   qkv_ = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
   out_ = register_module("out", torch::nn::Linear(d_model, d_model));
-  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
 }
 
 at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_padding) {
-  const int64_t b = x.size(0), l = x.size(1), d = x.size(2), dh = d / n_heads_;
-  // [B, L, 3, H, dh] → three [B, H, L, dh]
-  at::Tensor qkv = qkv_->forward(x).view({b, l, 3, n_heads_, dh}).permute({2, 0, 3, 1, 4});
-  at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
-  // Padding keys get −∞ (a fully padded row stays finite: its queries are padding too and
-  // see at least themselves through the mask below).
-  at::Tensor mask = key_padding.view({b, 1, 1, l});
-  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  at::Tensor weights = dropout_->forward(at::softmax(scores, -1).nan_to_num(0.0));
-  at::Tensor context = at::matmul(weights, v).transpose(1, 2).reshape({b, l, d});
-  return out_->forward(context);
+  return out_->forward(
+      kernels::attention(qkv_->forward(x), key_padding, n_heads_, dropout_, is_training()));
 }
 
 // ---- block ---------------------------------------------------------------------------------
 
 EncoderLayerImpl::EncoderLayerImpl(const EncoderOptions& options, int64_t index)
-    : pre_norm_(options.pre_norm()) {
+    : pre_norm_(options.pre_norm()), dropout_(options.dropout()) {
   const int64_t d = options.d_model();
   attention_ = register_module("attention",
                                SelfAttention(d, options.n_heads(), options.attention_dropout()));
@@ -90,7 +82,10 @@ EncoderLayerImpl::EncoderLayerImpl(const EncoderOptions& options, int64_t index)
     fc1_ = register_module("fc1", torch::nn::Linear(d, options.d_ff()));
     fc2_ = register_module("fc2", torch::nn::Linear(options.d_ff(), d));
   }
-  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout()));
+}
+
+at::Tensor EncoderLayerImpl::drop(const at::Tensor& x) {
+  return kernels::dropout(x, dropout_, is_training());
 }
 
 at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
@@ -106,11 +101,11 @@ at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor&
 at::Tensor EncoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& padding,
                                      MoEOutput* moe_out) {
   if (pre_norm_) {
-    at::Tensor h = x + dropout_->forward(attention_->forward(norm1_->forward(x), padding));
-    return h + dropout_->forward(feed_forward(norm2_->forward(h), padding, moe_out));
+    at::Tensor h = x + drop(attention_->forward(norm1_->forward(x), padding));
+    return h + drop(feed_forward(norm2_->forward(h), padding, moe_out));
   }
-  at::Tensor h = norm1_->forward(x + dropout_->forward(attention_->forward(x, padding)));
-  return norm2_->forward(h + dropout_->forward(feed_forward(h, padding, moe_out)));
+  at::Tensor h = norm1_->forward(x + drop(attention_->forward(x, padding)));
+  return norm2_->forward(h + drop(feed_forward(h, padding, moe_out)));
 }
 
 // ---- encoder -------------------------------------------------------------------------------
@@ -120,7 +115,6 @@ MoEEncoderImpl::MoEEncoderImpl(EncoderOptions options) : options_(std::move(opti
   const int64_t d = options_.d_model(), v = options_.vocab_size();
   tokens_ = register_module("tokens", torch::nn::Embedding(v, d));
   positions_ = register_module("positions", torch::nn::Embedding(options_.max_len(), d));
-  dropout_ = register_module("dropout", torch::nn::Dropout(options_.dropout()));
   torch::nn::ModuleList layer_list;
   for (int64_t i = 0; i < options_.n_layers(); ++i) {
     layers_.push_back(EncoderLayer(options_, i));
@@ -162,7 +156,9 @@ EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) {
               " exceeds max_len = ", options_.max_len());
   at::Tensor padding = ids.eq(options_.pad_id());  // [B, L]
   at::Tensor pos = at::arange(l, ids.options()).unsqueeze(0);
-  at::Tensor x = dropout_->forward(tokens_->forward(ids) + positions_->forward(pos));
+  at::Tensor x = kernels::dropout(
+      kernels::embedding_lookup(tokens_->weight, ids) + kernels::embedding_lookup(positions_->weight, pos),
+      options_.dropout(), is_training());
 
   EncoderOutput out;
   for (size_t i = 0; i < layers_.size(); ++i) {

@@ -16,7 +16,6 @@
 #include <c10/util/Optional.h>
 #include <torch/arg.h>
 #include <torch/nn/module.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
@@ -65,8 +64,8 @@ class SelfAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t n_heads_;
+  double dropout_;  // on the attention weights
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(SelfAttention);
 
@@ -82,13 +81,14 @@ class EncoderLayerImpl : public torch::nn::Module {
 
  private:
   at::Tensor feed_forward(const at::Tensor& x, const at::Tensor& padding, MoEOutput* moe_out);
+  at::Tensor drop(const at::Tensor& x);  // residual-branch dropout (kernels::dropout)
 
   bool pre_norm_;
+  double dropout_;
   SelfAttention attention_{nullptr};
   torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr};
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
   MoELayer moe_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(EncoderLayer);
 
@@ -126,7 +126,6 @@ class MoEEncoderImpl : public torch::nn::Module {
  private:
   EncoderOptions options_;
   torch::nn::Embedding tokens_{nullptr}, positions_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
   std::vector<EncoderLayer> layers_;
   torch::nn::LayerNorm final_norm_{nullptr};
   torch::nn::Linear head_transform_{nullptr};

@@ -1,0 +1,201 @@
+// The fused CPU kernels of the encoder — hash dropout, embedding lookup, attention — against
+// plain references: mask statistics, equality with the ATen composition for the same generator
+// state, and central-difference gradient checks in double precision.
+#include "xmoe/kernels/attention.h"
+#include "xmoe/kernels/dropout.h"
+#include "xmoe/kernels/embedding.h"
+#include "xmoe/util/init.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+
+namespace {
+
+using xmoe::make_generator;
+namespace kernels = xmoe::kernels;
+
+at::Tensor normal(at::IntArrayRef shape, uint64_t seed, at::ScalarType dtype = at::kFloat) {
+  return at::empty(shape, dtype).normal_(0.0, 1.0, make_generator(seed));
+}
+
+// Largest |autograd gradient − central difference| of L(x) = Σ f(x) ⊙ G over every element of
+// x (double). f must be deterministic: it recreates any generator it uses.
+double max_gradient_error(const std::function<at::Tensor(const at::Tensor&)>& f, const at::Tensor& x0) {
+  at::Tensor x = x0.detach().clone().set_requires_grad(true);
+  at::Tensor out = f(x);
+  at::Tensor G = normal(out.sizes(), 99, at::kDouble);
+  (out * G).sum().backward();
+  at::Tensor analytic = x.grad();
+  at::Tensor flat = x0.detach().clone().reshape({-1});
+  const double eps = 1e-6;
+  double worst = 0;
+  at::NoGradGuard no_grad;
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double v = flat[i].item<double>();
+    flat[i] = v + eps;
+    const double up = (f(flat.view(x0.sizes())) * G).sum().item<double>();
+    flat[i] = v - eps;
+    const double down = (f(flat.view(x0.sizes())) * G).sum().item<double>();
+    flat[i] = v;
+    worst = std::max(worst, std::abs((up - down) / (2 * eps) - analytic.reshape({-1})[i].item<double>()));
+  }
+  return worst;
+}
+
+// ---- dropout -----------------------------------------------------------------------------
+
+TEST(HashDropout, KeepRateIsBinomial) {
+  const int64_t n = 1 << 20;
+  for (double p : {0.1, 0.5, 0.9}) {
+    const double kept = kernels::dropout_keep_mask(n, p, 0x1234abcdULL).sum().item<double>();
+    const double mean = n * (1 - p), sd = std::sqrt(n * p * (1 - p));
+    EXPECT_LT(std::abs(kept - mean), 5 * sd) << "p = " << p << ": kept " << kept;
+  }
+}
+
+TEST(HashDropout, NeighboursAndKeysAreIndependent) {
+  const int64_t n = 1 << 20;
+  const double p = 0.3, q = 1 - p;
+  at::Tensor a = kernels::dropout_keep_mask(n, p, 7).to(at::kDouble);
+  at::Tensor b = kernels::dropout_keep_mask(n, p, 8).to(at::kDouble);
+  // Adjacent elements both kept: q² of the n − 1 pairs; two keys agree on p² + q² of elements.
+  const double pairs = (a.slice(0, 0, n - 1) * a.slice(0, 1)).sum().item<double>();
+  const double agree = a.eq(b).sum().item<double>();
+  EXPECT_LT(std::abs(pairs - (n - 1) * q * q), 5 * std::sqrt(n * q * q * (1 - q * q)));
+  const double r = p * p + q * q;
+  EXPECT_LT(std::abs(agree - n * r), 5 * std::sqrt(n * r * (1 - r)));
+}
+
+TEST(HashDropout, AppliesTheMaskOfItsKeyAndScales) {
+  at::Tensor x = normal({33, 65}, 1);
+  const double p = 0.25;
+  at::Tensor y = kernels::dropout(x, p, true, make_generator(5));
+  at::Generator same = make_generator(5);
+  const uint64_t key = kernels::draw_dropout_key(same);
+  at::Tensor keep = kernels::dropout_keep_mask(x.numel(), p, key).view(x.sizes());
+  EXPECT_TRUE(at::allclose(y, at::where(keep, x / (1 - p), at::zeros_like(x)), 1e-6, 0));
+  EXPECT_TRUE(at::equal(y, kernels::dropout(x, p, true, make_generator(5))));  // deterministic
+  EXPECT_FALSE(at::equal(y, kernels::dropout(x, p, true, make_generator(6))));
+  // A slice of the flat index range gets the same mask as the whole tensor at those indices.
+  at::Tensor flat = x.reshape({-1}).contiguous(), part = at::empty({100});
+  kernels::apply_dropout_mask(flat.data_ptr<float>() + 500, part.data_ptr<float>(), 100, 500, p, key);
+  EXPECT_TRUE(at::equal(part, y.reshape({-1}).slice(0, 500, 600)));
+}
+
+TEST(HashDropout, IdentityWhenOffAndRejectsBadP) {
+  at::Tensor x = normal({4, 5}, 2);
+  EXPECT_TRUE(kernels::dropout(x, 0.5, false).is_same(x));
+  EXPECT_TRUE(kernels::dropout(x, 0.0, true).is_same(x));
+  EXPECT_THROW(kernels::dropout(x, 1.0, true), std::invalid_argument);
+  EXPECT_THROW(kernels::dropout(x, -0.1, true), std::invalid_argument);
+  EXPECT_THROW(kernels::dropout(x, std::nan(""), true), std::invalid_argument);
+}
+
+TEST(HashDropout, IndicesBeyondTwoToThe32GetTheirOwnMask) {
+  // One call across the 2³² boundary equals two calls split at it, and the high word changes
+  // the mask (indices i and i + 2³² agree only by chance).
+  const int64_t base = int64_t{1} << 32, n = 4096;
+  std::vector<float> ones(2 * n, 1.f), whole(2 * n), lo(n), hi(n), wrapped(n);
+  kernels::apply_dropout_mask(ones.data(), whole.data(), 2 * n, base - n, 0.5, 42);
+  kernels::apply_dropout_mask(ones.data(), lo.data(), n, base - n, 0.5, 42);
+  kernels::apply_dropout_mask(ones.data(), hi.data(), n, base, 0.5, 42);
+  kernels::apply_dropout_mask(ones.data(), wrapped.data(), n, 0, 0.5, 42);
+  int64_t same = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(whole[i], lo[i]);
+    ASSERT_EQ(whole[n + i], hi[i]);
+    same += hi[i] == wrapped[i];
+  }
+  EXPECT_LT(same, n * 0.6);
+}
+
+TEST(HashDropout, GradientMatchesFiniteDifferences) {
+  at::Tensor x = normal({6, 7}, 3, at::kDouble);
+  auto f = [](const at::Tensor& v) { return kernels::dropout(v, 0.4, true, make_generator(11)); };
+  EXPECT_LT(max_gradient_error(f, x), 1e-7);
+}
+
+// ---- embedding ---------------------------------------------------------------------------
+
+TEST(EmbeddingLookup, EqualsAtenEmbeddingForwardAndBackward) {
+  at::Tensor w = normal({11, 6}, 4);
+  at::Tensor ids = at::tensor({3, 3, 0, 10, 7, 3, 10, 1}, at::kLong).view({2, 4});  // repeats
+  at::Tensor w1 = w.clone().set_requires_grad(true), w2 = w.clone().set_requires_grad(true);
+  at::Tensor y1 = kernels::embedding_lookup(w1, ids), y2 = at::embedding(w2, ids);
+  ASSERT_EQ(y1.sizes(), y2.sizes());
+  EXPECT_TRUE(at::equal(y1, y2));
+  at::Tensor G = normal(y1.sizes(), 5);
+  (y1 * G).sum().backward();
+  (y2 * G).sum().backward();
+  EXPECT_TRUE(at::allclose(w1.grad(), w2.grad(), 1e-6, 1e-6));
+}
+
+TEST(EmbeddingLookup, GradientMatchesFiniteDifferencesAndBadIdsAreNamed) {
+  at::Tensor ids = at::tensor({2, 0, 2, 4}, at::kLong);
+  auto f = [&](const at::Tensor& w) { return kernels::embedding_lookup(w, ids); };
+  EXPECT_LT(max_gradient_error(f, normal({5, 3}, 6, at::kDouble)), 1e-7);
+  try {
+    kernels::embedding_lookup(normal({5, 3}, 6), at::tensor({1, 5}, at::kLong));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("id 5 is outside the vocabulary [0, 5)"), std::string::npos) << e.what();
+  }
+}
+
+// ---- attention ---------------------------------------------------------------------------
+
+// B = 3 rows of L = 7: one unpadded, one with two padding keys, one entirely padding.
+at::Tensor padding_mask() {
+  at::Tensor pad = at::zeros({3, 7}, at::kBool);
+  pad[1].slice(0, 5).fill_(true);
+  pad[2].fill_(true);
+  return pad;
+}
+
+TEST(FusedAttention, EqualsTheReferenceWithAndWithoutDropout) {
+  const int64_t heads = 2;
+  at::Tensor qkv = normal({3, 7, 3 * 10}, 7), pad = padding_mask();
+  for (double p : {0.0, 0.3}) {
+    for (bool train : {true, false}) {
+      at::Tensor a = qkv.clone().set_requires_grad(true), b = qkv.clone().set_requires_grad(true);
+      at::Tensor fused = kernels::attention(a, pad, heads, p, train, make_generator(8));
+      at::Tensor ref = kernels::attention_reference(b, pad, heads, p, train, make_generator(8));
+      EXPECT_TRUE(at::allclose(fused, ref, 1e-5, 1e-6)) << "p " << p << " train " << train;
+      EXPECT_TRUE(at::all(at::isfinite(fused)).item<bool>());
+      at::Tensor G = normal(fused.sizes(), 9);
+      (fused * G).sum().backward();
+      (ref * G).sum().backward();
+      EXPECT_TRUE(at::allclose(a.grad(), b.grad(), 1e-5, 1e-5)) << "p " << p << " train " << train;
+    }
+  }
+}
+
+TEST(FusedAttention, PaddingKeysGetNoWeight) {
+  // Changing the values of padding positions changes nothing at the other positions.
+  at::Tensor qkv = normal({3, 7, 12}, 10), pad = padding_mask();
+  at::Tensor changed = qkv.clone();
+  changed[1].slice(0, 5).normal_(0.0, 5.0, make_generator(3));
+  at::Tensor a = kernels::attention(qkv, pad, 2, 0.0, false);
+  at::Tensor b = kernels::attention(changed, pad, 2, 0.0, false);
+  EXPECT_TRUE(at::allclose(a[1].slice(0, 0, 5), b[1].slice(0, 0, 5), 1e-6, 1e-6));
+  EXPECT_TRUE(at::equal(a[2], at::zeros_like(a[2])));  // a sequence of padding attends nothing
+}
+
+TEST(FusedAttention, GradientMatchesFiniteDifferencesWithDropoutAndPadding) {
+  at::Tensor qkv = normal({3, 7, 3 * 4}, 12, at::kDouble), pad = padding_mask();
+  auto f = [&](const at::Tensor& x) { return kernels::attention(x, pad, 2, 0.3, true, make_generator(13)); };
+  EXPECT_LT(max_gradient_error(f, qkv), 1e-7);
+}
+
+TEST(FusedAttention, BadShapesAreNamed) {
+  EXPECT_THROW(kernels::attention(normal({2, 3, 10}, 1), at::zeros({2, 3}, at::kBool), 2, 0.0, false),
+               c10::Error);  // 10 is not 3·d with d divisible by 2
+  EXPECT_THROW(kernels::attention(normal({2, 3, 12}, 1), at::zeros({2, 4}, at::kBool), 2, 0.0, false),
+               c10::Error);
+}
+
+}  // namespace
