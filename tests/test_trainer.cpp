@@ -81,6 +81,23 @@ class TrainerTest : public ::testing::Test {
 };
 std::unique_ptr<TempDir> TrainerTest::dir_;
 
+// The trainer learns: on the fixture corpus (a few hundred short sentences) the validation loss
+// after 150 steps is clearly below its value at step 10 (measured: 5.26 → 4.96). (8 steps, as in the resume test below,
+// are too few to see learning through the noise of 96-token batches.)
+TEST_F(TrainerTest, ValidationLossFalls) {
+  TempDir runs("xmoe_runs");
+  const TrainResult r = train(config({"train.steps=150", "train.warmup_steps=10", "eval.every=10",
+                                      "log.every=50"}),
+                              runs.file("learn"));
+  EXPECT_TRUE(r.finished);
+  std::vector<double> valid;
+  for (const auto& line : metrics(runs.file("learn"))) {
+    if (line.contains("valid_loss")) valid.push_back(line.at("valid_loss").get<double>());
+  }
+  ASSERT_EQ(valid.size(), 15u);
+  EXPECT_LT(valid.back(), valid.front() - 0.15);
+}
+
 TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
   TempDir runs("xmoe_runs");
   const TrainResult whole = train(config(), runs.file("whole"));
@@ -102,11 +119,10 @@ TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRunBitForBit) {
 
   const Checkpoint ca = read_checkpoint(whole.checkpoint), cb = read_checkpoint(second.checkpoint);
   for (const auto& [name, t] : ca.tensors) {
-    if (name.rfind("model.", 0) == 0 || name.rfind("optim.", 0) == 0)
+    if (name.rfind("model.", 0) == 0 || name.rfind("optim.", 0) == 0) {
       EXPECT_TRUE(t.equal(cb.tensors.at(name))) << name;
+    }
   }
-  // Training did something: the MLM loss at the end is below ln(vocab) = ln 200.
-  EXPECT_LT(a.back().at("valid_loss").get<double>(), std::log(200.0));
   EXPECT_EQ(a.back().at("moe").size(), 1u);
   EXPECT_EQ(a.back().at("moe")[0].at("load").size(), 4u);
 }
