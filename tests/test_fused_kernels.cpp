@@ -4,6 +4,7 @@
 #include "xmoe/kernels/attention.h"
 #include "xmoe/kernels/dropout.h"
 #include "xmoe/kernels/embedding.h"
+#include "xmoe/kernels/linear.h"
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
@@ -196,6 +197,60 @@ TEST(FusedAttention, BadShapesAreNamed) {
                c10::Error);  // 10 is not 3·d with d divisible by 2
   EXPECT_THROW(kernels::attention(normal({2, 3, 12}, 1), at::zeros({2, 4}, at::kBool), 2, 0.0, false),
                c10::Error);
+}
+
+}  // namespace
+
+// ---- linear ------------------------------------------------------------------------------
+
+namespace {
+
+TEST(FusedLinear, EqualsAtenLinearForwardAndBackward) {
+  for (bool with_bias : {true, false}) {
+    at::Tensor x = normal({3, 5, 7}, 20), w = normal({4, 7}, 21), b = normal({4}, 22);
+    at::Tensor x1 = x.clone().set_requires_grad(true), w1 = w.clone().set_requires_grad(true),
+               b1 = b.clone().set_requires_grad(true);
+    at::Tensor x2 = x.clone().set_requires_grad(true), w2 = w.clone().set_requires_grad(true),
+               b2 = b.clone().set_requires_grad(true);
+    at::Tensor y1 = kernels::linear(x1, w1, with_bias ? b1 : at::Tensor());
+    at::Tensor y2 = at::linear(x2, w2, with_bias ? b2 : at::Tensor());
+    ASSERT_EQ(y1.sizes(), y2.sizes());
+    EXPECT_TRUE(at::allclose(y1, y2, 1e-5, 1e-6));
+    at::Tensor G = normal(y1.sizes(), 23);
+    (y1 * G).sum().backward();
+    (y2 * G).sum().backward();
+    EXPECT_TRUE(at::allclose(x1.grad(), x2.grad(), 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(w1.grad(), w2.grad(), 1e-5, 1e-6));
+    if (with_bias) {
+      EXPECT_TRUE(at::allclose(b1.grad(), b2.grad(), 1e-5, 1e-6));
+    }
+  }
+}
+
+TEST(FusedLinear, GradientsMatchFiniteDifferences) {
+  at::Tensor x = normal({2, 3, 4}, 24, at::kDouble), w = normal({5, 4}, 25, at::kDouble),
+             b = normal({5}, 26, at::kDouble);
+  EXPECT_LT(max_gradient_error([&](const at::Tensor& v) { return kernels::linear(v, w, b); }, x), 1e-7);
+  EXPECT_LT(max_gradient_error([&](const at::Tensor& v) { return kernels::linear(x, v, b); }, w), 1e-7);
+  EXPECT_LT(max_gradient_error([&](const at::Tensor& v) { return kernels::linear(x, w, v); }, b), 1e-7);
+}
+
+TEST(FusedLinear, MismatchedShapesAreNamed) {
+  EXPECT_THROW(kernels::linear(normal({2, 3}, 1), normal({4, 5}, 2)), c10::Error);
+  EXPECT_THROW(kernels::linear(normal({2, 5}, 1), normal({4, 5}, 2), normal({3}, 3)), c10::Error);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(FusedLinear, NoRowsGiveZeroWeightGradients) {
+  at::Tensor w = normal({4, 3}, 30).set_requires_grad(true), b = normal({4}, 31).set_requires_grad(true);
+  at::Tensor y = kernels::linear(at::empty({0, 3}), w, b);
+  EXPECT_EQ(y.sizes(), at::IntArrayRef({0, 4}));
+  y.sum().backward();
+  EXPECT_TRUE(at::equal(w.grad(), at::zeros_like(w)));
+  EXPECT_TRUE(at::equal(b.grad(), at::zeros_like(b)));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "xmoe/kernels/attention.h"
 #include "xmoe/kernels/dropout.h"
 #include "xmoe/kernels/embedding.h"
+#include "xmoe/kernels/linear.h"
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
@@ -59,8 +60,9 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t d_model, int64_t n_heads, double dr
 }
 
 at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_padding) {
-  return out_->forward(
-      kernels::attention(qkv_->forward(x), key_padding, n_heads_, dropout_, is_training()));
+  at::Tensor qkv = kernels::linear(x, qkv_->weight, qkv_->bias);
+  return kernels::linear(kernels::attention(qkv, key_padding, n_heads_, dropout_, is_training()),
+                         out_->weight, out_->bias);
 }
 
 // ---- block ---------------------------------------------------------------------------------
@@ -90,7 +92,9 @@ at::Tensor EncoderLayerImpl::drop(const at::Tensor& x) {
 
 at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
                                           MoEOutput* moe_out) {
-  if (moe_.is_empty()) return fc2_->forward(at::gelu(fc1_->forward(x)));
+  if (moe_.is_empty()) {
+    return kernels::linear(at::gelu(kernels::linear(x, fc1_->weight, fc1_->bias)), fc2_->weight, fc2_->bias);
+  }
   const int64_t b = x.size(0), l = x.size(1), d = x.size(2);
   MoEOutput out = moe_->forward(x.reshape({b * l, d}), MoEInputs{(~padding).reshape({-1}), at::Tensor()});
   at::Tensor y = out.output.view({b, l, d});
@@ -187,8 +191,8 @@ MlmOutput MoEEncoderImpl::mlm(const at::Tensor& ids, const at::Tensor& labels) {
   at::Tensor where = flat_labels.ne(-100).nonzero().reshape({-1});
   out.n_predicted = where.numel();
   at::Tensor h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
-  h = head_norm_->forward(at::gelu(head_transform_->forward(h)));
-  out.logits = at::addmm(head_bias_, h, tokens_->weight.t());  // tied to the input embedding
+  h = head_norm_->forward(at::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias)));
+  out.logits = kernels::linear(h, tokens_->weight, head_bias_);  // tied to the input embedding
   out.loss = out.n_predicted == 0
                  ? at::zeros({}, h.options())
                  : at::cross_entropy_loss(out.logits, flat_labels.index_select(0, where));

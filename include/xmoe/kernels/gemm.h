@@ -23,6 +23,24 @@ void sgemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                 int64_t ldc);
 
+/// The same row-major product in float64 by a plain triple loop: the gradient-check precision
+/// of the fused kernels (small shapes only; beta = 0 ignores C).
+void dgemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                     const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+                     double* c, int64_t ldc);
+
+/// sgemm or dgemm_reference by element type, for kernels templated on it.
+inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                 int64_t ldc) {
+  sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                 const double* a, int64_t lda, const double* b, int64_t ldb, double beta, double* c,
+                 int64_t ldc) {
+  dgemm_reference(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 /// Runs `block(e, row_begin, n_rows)` for every expert e with n_rows > 0 (offsets [E + 1]).
 /// Large blocks run one after another, each GEMM using every thread; when the blocks are small
 /// (many experts, few rows each) the experts themselves are spread over the threads and each
