@@ -1,8 +1,8 @@
 // xmoe bench train: masked-LM training speed of the encoder of a pre-training config, with
 // synthetic full-length batches (no corpus, no tokenizer), the same step as the trainer
 // (src/train/trainer.cpp Trainer::train_step): forward mlm + aux loss, backward, global-norm
-// clipping, AdamW with two parameter groups (weight decay on matrices only), zero_grad. Prints
-// one JSON line; bench/train_peer.py is the same model in Python PyTorch and prints the same
+// clipping, AdamW with two parameter groups (weight decay on matrices only), gradients set to
+// none. Prints one JSON line; bench/train_peer.py is the same model in Python PyTorch and prints the same
 // line, bench/compare_train.sh runs both.
 //
 //   xmoe [--threads N] bench train --config FILE [--set k=v ...] [--steps N] [--warmup N]
@@ -163,7 +163,7 @@ void run_bench_train(const BenchTrainArgs& a) {
     aux = out.encoder.aux_loss.item<double>();
     grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
     optimizer.step();
-    optimizer.zero_grad();
+    clear_gradients(*model);
     const double t1 = now_ms();
     if (!std::isfinite(loss) || !std::isfinite(grad_norm))
       throw std::runtime_error("step " + std::to_string(i + 1) + ": loss or gradient norm not finite");

@@ -74,6 +74,10 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const Tra
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(t.lr));
 }
 
+void clear_gradients(torch::nn::Module& model) {
+  for (auto& p : model.parameters()) p.mutable_grad().reset();
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -264,7 +268,7 @@ void Trainer::train_step(Accumulated& acc) {
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
   optimizer_->step();
-  optimizer_->zero_grad();
+  clear_gradients(*model_);
   step_ = next;
   acc.loss += mlm + aux;
   acc.mlm += mlm;

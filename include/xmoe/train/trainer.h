@@ -46,6 +46,11 @@ void seed_run_randomness(MoEEncoder& model, uint64_t seed);
 /// (dim >= 2) only, none on biases, norms and other 1-D parameters.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const TrainConfig& t);
 
+/// Drops every parameter's gradient (PyTorch's zero_grad(set_to_none=True); LibTorch 1.13's
+/// Optimizer::zero_grad fills zeros instead). The next backward then stores fresh gradients
+/// rather than adding them to zeros: two fewer passes over all gradients per step.
+void clear_gradients(torch::nn::Module& model);
+
 struct TrainerOptions {
   std::string run_dir;
   /// Continue from the newest checkpoint of run_dir (its config must match, except
