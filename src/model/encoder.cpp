@@ -93,7 +93,8 @@ at::Tensor EncoderLayerImpl::drop(const at::Tensor& x) {
 at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
                                           MoEOutput* moe_out) {
   if (moe_.is_empty()) {
-    return kernels::linear(at::gelu(kernels::linear(x, fc1_->weight, fc1_->bias)), fc2_->weight, fc2_->bias);
+    at::Tensor hidden = at::gelu(kernels::linear(x, fc1_->weight, fc1_->bias));
+    return kernels::linear(hidden, fc2_->weight, fc2_->bias);
   }
   const int64_t b = x.size(0), l = x.size(1), d = x.size(2);
   MoEOutput out = moe_->forward(x.reshape({b * l, d}), MoEInputs{(~padding).reshape({-1}), at::Tensor()});
@@ -160,9 +161,9 @@ EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) {
               " exceeds max_len = ", options_.max_len());
   at::Tensor padding = ids.eq(options_.pad_id());  // [B, L]
   at::Tensor pos = at::arange(l, ids.options()).unsqueeze(0);
-  at::Tensor x = kernels::dropout(
-      kernels::embedding_lookup(tokens_->weight, ids) + kernels::embedding_lookup(positions_->weight, pos),
-      options_.dropout(), is_training());
+  at::Tensor embedded = kernels::embedding_lookup(tokens_->weight, ids) +
+                        kernels::embedding_lookup(positions_->weight, pos);
+  at::Tensor x = kernels::dropout(embedded, options_.dropout(), is_training());
 
   EncoderOutput out;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -191,7 +192,8 @@ MlmOutput MoEEncoderImpl::mlm(const at::Tensor& ids, const at::Tensor& labels) {
   at::Tensor where = flat_labels.ne(-100).nonzero().reshape({-1});
   out.n_predicted = where.numel();
   at::Tensor h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
-  h = head_norm_->forward(at::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias)));
+  h = at::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias));
+  h = head_norm_->forward(h);
   out.logits = kernels::linear(h, tokens_->weight, head_bias_);  // tied to the input embedding
   out.loss = out.n_predicted == 0
                  ? at::zeros({}, h.options())
