@@ -254,3 +254,29 @@ TEST(FusedLinear, NoRowsGiveZeroWeightGradients) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(FusedKernels, EmptyAndSingleTokenInputs) {
+  // One token per sequence: attention is the identity on V (softmax of one key = 1).
+  at::Tensor qkv = normal({2, 1, 12}, 40);
+  at::Tensor out = kernels::attention(qkv, at::zeros({2, 1}, at::kBool), 2, 0.0, false);
+  EXPECT_TRUE(at::allclose(out, qkv.slice(2, 8, 12), 1e-6, 1e-6));
+  // No sequences, no ids, no elements: empty results, no error.
+  EXPECT_EQ(kernels::attention(at::empty({0, 5, 12}), at::zeros({0, 5}, at::kBool), 2, 0.1, true).sizes(),
+            at::IntArrayRef({0, 5, 4}));
+  EXPECT_EQ(kernels::embedding_lookup(normal({5, 3}, 41), at::empty({0}, at::kLong)).sizes(),
+            at::IntArrayRef({0, 3}));
+  EXPECT_EQ(kernels::dropout(at::empty({0}), 0.5, true).numel(), 0);
+  // Non-contiguous inputs are handled (made contiguous), not misread.
+  at::Tensor wide = normal({2, 3, 24}, 42);
+  at::Tensor strided = wide.slice(2, 0, 24, 2);  // [2, 3, 12], stride 2 in the last dim
+  EXPECT_TRUE(at::allclose(kernels::attention(strided, at::zeros({2, 3}, at::kBool), 2, 0.0, false),
+                           kernels::attention_reference(strided, at::zeros({2, 3}, at::kBool), 2, 0.0, false),
+                           1e-5, 1e-6));
+  at::Tensor w = normal({6, 4}, 43).t();  // [4, 6] non-contiguous weight
+  at::Tensor x = normal({3, 6}, 44);
+  EXPECT_TRUE(at::allclose(kernels::linear(x, w), at::linear(x, w), 1e-5, 1e-6));
+}
+
+}  // namespace
