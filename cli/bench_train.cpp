@@ -19,6 +19,7 @@
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/model/encoder.h"
 #include "xmoe/train/pretrain_config.h"
+#include "xmoe/train/fused_adamw.h"
 #include "xmoe/train/trainer.h"
 #include "xmoe/util/init.h"
 
@@ -26,7 +27,6 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
 #include <algorithm>
@@ -161,8 +161,7 @@ void run_bench_train(const BenchTrainArgs& a) {
     (out.loss + out.encoder.aux_loss).backward();
     loss = out.loss.item<double>();
     aux = out.encoder.aux_loss.item<double>();
-    grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
-    optimizer.step();
+    grad_norm = clipped_adamw_step(optimizer, max_norm);
     clear_gradients(*model);
     const double t1 = now_ms();
     if (!std::isfinite(loss) || !std::isfinite(grad_norm))

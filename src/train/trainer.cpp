@@ -5,6 +5,7 @@
 #include "xmoe/model/encoder.h"
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/evaluate.h"
+#include "xmoe/train/fused_adamw.h"
 #include "xmoe/train/lr_schedule.h"
 #include "xmoe/train/metrics_log.h"
 #include "xmoe/train/progress.h"
@@ -14,7 +15,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
 #include <nlohmann/json.hpp>
@@ -260,14 +260,13 @@ void Trainer::train_step(Accumulated& acc) {
     throw std::runtime_error(msg.str());
   }
   const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
-  last_grad_norm_ = torch::nn::utils::clip_grad_norm_(model_->parameters(), max_norm);
-  if (!std::isfinite(last_grad_norm_))
-    throw std::runtime_error("step " + std::to_string(next) + ": the gradient norm is not finite; "
-                             "lower train.lr and resume from the last checkpoint in " + checkpoint_dir_);
   last_lr_ = learning_rate_at(step_, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
-  optimizer_->step();
+  last_grad_norm_ = clipped_adamw_step(*optimizer_, max_norm);  // no update when not finite
+  if (!std::isfinite(last_grad_norm_))
+    throw std::runtime_error("step " + std::to_string(next) + ": the gradient norm is not finite; "
+                             "lower train.lr and resume from the last checkpoint in " + checkpoint_dir_);
   clear_gradients(*model_);
   step_ = next;
   acc.loss += mlm + aux;

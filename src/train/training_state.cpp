@@ -1,5 +1,7 @@
 #include "xmoe/train/training_state.h"
 
+#include "optimizer_state_key.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
@@ -16,20 +18,6 @@ const std::string kOptim = "optim.";
 
 [[noreturn]] void fail(const std::string& path, const std::string& message) {
   throw FileFormatError(path + ": " + message);
-}
-
-// The optimizer keys its per-parameter state by the parameter's TensorImpl: a string in
-// LibTorch 1.x, the pointer itself in later versions.
-template <typename Map>
-typename Map::key_type state_key(const at::Tensor& p) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream key;  // the key LibTorch 1.x makes with c10::guts::to_string (internal)
-    key << p.unsafeGetTensorImpl();
-    return key.str();
-  } else {
-    return static_cast<Key>(p.unsafeGetTensorImpl());
-  }
 }
 
 void copy_checked(at::Tensor& target, const TensorMap& tensors, const std::string& name,
@@ -85,7 +73,7 @@ TensorMap adamw_state(const torch::optim::AdamW& optimizer, const torch::nn::Mod
   using Map = std::decay_t<decltype(optimizer.state())>;
   TensorMap out;
   for (const auto& item : module.named_parameters()) {
-    auto it = optimizer.state().find(state_key<Map>(item.value()));
+    auto it = optimizer.state().find(optimizer_state_key<Map>(item.value()));
     if (it == optimizer.state().end()) continue;
     const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
     out[kOptim + item.key() + ".exp_avg"] = s.exp_avg().clone();
@@ -112,7 +100,7 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const torch::nn::Module& m
     state->step(step.item<int64_t>());
     state->exp_avg(exp_avg);
     state->exp_avg_sq(exp_avg_sq);
-    optimizer.state()[state_key<Map>(item.value())] = std::move(state);
+    optimizer.state()[optimizer_state_key<Map>(item.value())] = std::move(state);
   }
 }
 
