@@ -344,7 +344,14 @@ double Trainer::validate() {
     std::ostringstream line;
     line.precision(4);
     line << "step " << step_ << ": valid loss " << eval.loss << ", ppl " << std::exp(eval.loss);
-    for (const LanguageLoss& l : eval.languages) line << " | " << l.language << " " << std::exp(l.loss);
+    for (const LanguageLoss& l : eval.languages) {
+      line << " | " << l.language << " ";
+      if (l.tokens > 0) {
+        line << std::exp(l.loss);
+      } else {
+        line << "-";  // no validation text in this language
+      }
+    }
     std::cerr << line.str() << "\n";
   }
   return eval.loss;
