@@ -233,22 +233,21 @@ TEST(TrainingState, ModuleStateRoundTripsAndRejectsMissingOrForeignTensors) {
   EXPECT_TRUE(b->weight.equal(a->weight));
   EXPECT_TRUE(b->bias.equal(a->bias));
 
+  // Loading `tensors` must fail with a FileFormatError whose message contains `expected`.
+  auto expect_rejected = [&](const TensorMap& tensors, const std::string& expected) {
+    try {
+      load_module_state(*b, tensors, "ckpt");
+      ADD_FAILURE() << "accepted a checkpoint that should fail with: " << expected;
+    } catch (const FileFormatError& e) {
+      EXPECT_TRUE(Contains(e.what(), expected));
+    }
+  };
   TensorMap foreign = state;
   foreign["model.extra"] = at::zeros({1});
-  try {
-    load_module_state(*b, foreign, "ckpt");
-    ADD_FAILURE() << "accepted a foreign tensor";
-  } catch (const FileFormatError& e) {
-    EXPECT_TRUE(Contains(e.what(), "ckpt: tensor 'model.extra' does not belong to this model"));
-  }
+  expect_rejected(foreign, "ckpt: tensor 'model.extra' does not belong to this model");
   TensorMap missing = state;
   missing.erase("model.bias");
-  try {
-    load_module_state(*b, missing, "ckpt");
-    ADD_FAILURE() << "accepted a missing tensor";
-  } catch (const FileFormatError& e) {
-    EXPECT_TRUE(Contains(e.what(), "ckpt: missing tensor 'model.bias'"));
-  }
+  expect_rejected(missing, "ckpt: missing tensor 'model.bias'");
   TensorMap reshaped = state;
   reshaped["model.weight"] = at::zeros({2, 4});
   EXPECT_THROW(load_module_state(*b, reshaped, "ckpt"), FileFormatError);
