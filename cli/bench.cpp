@@ -1,6 +1,7 @@
 // xmoe bench layer: times forward + backward of one MoE layer in-process (after a warm-up) and
 // prints one JSON line; also times the bare GEMM limit — the same expert GEMMs as plain sgemm
 // calls on the same block sizes — so the ratio to the machine's GEMM speed is in the same run.
+#include "bench_timing.h"
 #include "commands.h"
 
 #include "xmoe/kernels/gemm.h"
@@ -29,16 +30,6 @@ struct BenchArgs {
   int iters = 5, warmup = 1;
   uint64_t seed = 1;
 };
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 double peak_rss_mb() {
   rusage usage{};

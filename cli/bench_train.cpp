@@ -14,6 +14,7 @@
 // with probability mask_prob (0.15 by default) and then replaced by the mask id, from a
 // generator seeded with --seed. They come from LibTorch's CPU generator (mt19937), so
 // train_peer.py draws bit-identical batches; both print "batch_checksum" to show it.
+#include "bench_timing.h"
 #include "commands.h"
 
 #include "xmoe/data/tokenizer.h"
@@ -52,16 +53,6 @@ struct BenchTrainArgs {
   uint64_t seed = 1;
   bool print_config = false;
 };
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 struct Batch {
   at::Tensor ids, labels;

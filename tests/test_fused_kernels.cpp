@@ -1,9 +1,12 @@
-// The fused CPU kernels of the encoder — hash dropout, embedding lookup, attention — against
+// The fused CPU kernels of the encoder — hash dropout, embedding lookup, attention, linear, GELU,
+// cross-entropy — against
 // plain references: mask statistics, equality with the ATen composition for the same generator
 // state, and central-difference gradient checks in double precision.
 #include "xmoe/kernels/attention.h"
+#include "xmoe/kernels/cross_entropy.h"
 #include "xmoe/kernels/dropout.h"
 #include "xmoe/kernels/embedding.h"
+#include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/linear.h"
 #include "xmoe/util/init.h"
 
@@ -277,6 +280,84 @@ TEST(FusedKernels, EmptyAndSingleTokenInputs) {
   at::Tensor w = normal({6, 4}, 43).t();  // [4, 6] non-contiguous weight
   at::Tensor x = normal({3, 6}, 44);
   EXPECT_TRUE(at::allclose(kernels::linear(x, w), at::linear(x, w), 1e-5, 1e-6));
+}
+
+}  // namespace
+
+// ---- GELU --------------------------------------------------------------------------------
+
+namespace {
+
+// Every float in [-12, 12] on a 1/64 grid plus the tails and signed zeros, in an odd-sized
+// tensor so the vector loops' remainders run too.
+at::Tensor gelu_probe() {
+  at::Tensor grid = at::arange(-768, 769, at::kFloat) / 64.0;
+  return at::cat({grid, at::tensor({-0.0f, 0.0f, -30.f, -100.f, 30.f, 1e4f, -1e-30f, 3e-39f})});
+}
+
+TEST(FusedGelu, EqualsAtenGeluForwardAndBackward) {
+  at::Tensor x = gelu_probe();
+  at::Tensor x1 = x.clone().set_requires_grad(true), x2 = x.clone().set_requires_grad(true);
+  at::Tensor y1 = kernels::gelu(x1), y2 = at::gelu(x2);
+  // The reference in double: the float kernel's error is A&S 7.1.26's (|Δerf| ≤ 1.5e-7) plus rounding.
+  at::Tensor exact = at::gelu(x.to(at::kDouble));
+  EXPECT_LT((y1.to(at::kDouble) - exact).abs().div(exact.abs().clamp_min(1)).max().item<double>(), 4e-7);
+  EXPECT_TRUE(at::allclose(y1, y2, 1e-6, 1e-6));
+  at::Tensor G = normal(x.sizes(), 50);
+  (y1 * G).sum().backward();
+  (y2 * G).sum().backward();
+  EXPECT_TRUE(at::allclose(x1.grad(), x2.grad(), 1e-6, 1e-6));
+  // The raw entry points the grouped FFN uses give the same numbers.
+  at::Tensor h = at::empty_like(x);
+  kernels::gelu_out(x, h);
+  EXPECT_TRUE(at::equal(h, y1));
+  EXPECT_TRUE(at::equal(kernels::gelu_backward(G, x), x1.grad()));
+  EXPECT_EQ(kernels::gelu(at::empty({0, 3})).sizes(), at::IntArrayRef({0, 3}));
+}
+
+TEST(FusedGelu, GradientMatchesFiniteDifferences) {
+  at::Tensor x = normal({5, 7}, 51, at::kDouble) * 3;
+  EXPECT_LT(max_gradient_error([](const at::Tensor& v) { return kernels::gelu(v); }, x), 1e-7);
+  at::Tensor exact = at::gelu(x);
+  EXPECT_TRUE(at::allclose(kernels::gelu(x), exact, 1e-14, 1e-14));
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------
+
+TEST(FusedCrossEntropy, EqualsAtenCrossEntropyForwardAndBackward) {
+  // V = 1003: not a multiple of the 16 lanes. Logits up to ±90 test the max shift.
+  for (double spread : {1.0, 30.0}) {
+    at::Tensor z = normal({37, 1003}, 52) * spread;
+    at::Tensor y = at::randint(0, 1003, {37}, make_generator(53));
+    at::Tensor z1 = z.clone().set_requires_grad(true), z2 = z.clone().set_requires_grad(true);
+    at::Tensor l1 = kernels::cross_entropy(z1, y), l2 = at::cross_entropy_loss(z2, y);
+    EXPECT_NEAR(l1.item<double>(), l2.item<double>(), 1e-5 * std::max(1.0, l2.item<double>()));
+    (l1 * 3).backward();
+    (l2 * 3).backward();
+    EXPECT_TRUE(at::allclose(z1.grad(), z2.grad(), 1e-5, 1e-7)) << (z1.grad() - z2.grad()).abs().max();
+  }
+}
+
+TEST(FusedCrossEntropy, HandComputedValue) {
+  // Row 0: log(e^0 + e^ln3) − 0 = log 4. Row 1: log(e^2 + e^2) − 2 = log 2. Mean: (log 4 + log 2) / 2.
+  at::Tensor z = at::tensor({0.0f, std::log(3.0f), 2.0f, 2.0f}).view({2, 2});
+  at::Tensor loss = kernels::cross_entropy(z, at::tensor({0, 1}, at::kLong));
+  EXPECT_NEAR(loss.item<double>(), 1.5 * std::log(2.0), 1e-6);
+}
+
+TEST(FusedCrossEntropy, GradientMatchesFiniteDifferencesAndBadLabelsAreNamed) {
+  at::Tensor y = at::tensor({2, 0, 4, 4}, at::kLong);
+  auto f = [&](const at::Tensor& z) { return kernels::cross_entropy(z, y); };
+  EXPECT_LT(max_gradient_error(f, normal({4, 5}, 54, at::kDouble)), 1e-7);
+  try {
+    kernels::cross_entropy(normal({2, 5}, 55), at::tensor({1, 5}, at::kLong));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("label 5 at row 1 is outside the classes [0, 5)"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(kernels::cross_entropy(normal({2, 5}, 55), at::tensor({1}, at::kLong)), c10::Error);
+  EXPECT_TRUE(std::isnan(kernels::cross_entropy(at::empty({0, 5}), at::empty({0}, at::kLong)).item<double>()));
 }
 
 }  // namespace

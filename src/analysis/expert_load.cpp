@@ -13,21 +13,21 @@ namespace xmoe::analysis {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
+[[noreturn]] void fail_load_stats(const std::string& message) {
   throw std::invalid_argument("xmoe::analysis::expert_load_stats: " + message);
 }
 
 // counts as a contiguous float64 CPU vector, after checking shape, dtype and values.
 std::vector<double> checked_counts(const at::Tensor& counts) {
-  if (!counts.defined()) fail("counts is an undefined tensor");
+  if (!counts.defined()) fail_load_stats("counts is an undefined tensor");
   if (counts.dim() != 1) {
     std::ostringstream s;
     s << "counts must be 1-D [E], got shape " << counts.sizes();
-    fail(s.str());
+    fail_load_stats(s.str());
   }
-  if (counts.numel() == 0) fail("counts must have at least one expert, got [0]");
+  if (counts.numel() == 0) fail_load_stats("counts must have at least one expert, got [0]");
   if (counts.scalar_type() == at::kBool || counts.is_complex()) {
-    fail(std::string("counts must be an integer or floating tensor, got ") +
+    fail_load_stats(std::string("counts must be an integer or floating tensor, got ") +
          c10::toString(counts.scalar_type()));
   }
   at::Tensor c = counts.detach().to(at::kCPU, at::kDouble).contiguous();
@@ -35,10 +35,10 @@ std::vector<double> checked_counts(const at::Tensor& counts) {
   std::vector<double> out(p, p + c.numel());
   for (size_t i = 0; i < out.size(); ++i) {
     if (!std::isfinite(out[i])) {
-      fail("counts[" + std::to_string(i) + "] is not finite (" + std::to_string(out[i]) + ")");
+      fail_load_stats("counts[" + std::to_string(i) + "] is not finite (" + std::to_string(out[i]) + ")");
     }
     if (out[i] < 0.0) {
-      fail("counts[" + std::to_string(i) + "] is negative (" + std::to_string(out[i]) + ")");
+      fail_load_stats("counts[" + std::to_string(i) + "] is negative (" + std::to_string(out[i]) + ")");
     }
   }
   return out;
@@ -49,7 +49,7 @@ std::vector<double> checked_counts(const at::Tensor& counts) {
 ExpertLoadStats expert_load_stats(const at::Tensor& counts, double dropped_fraction) {
   const std::vector<double> c = checked_counts(counts);
   if (!(dropped_fraction >= 0.0 && dropped_fraction <= 1.0)) {  // also rejects NaN
-    fail("dropped_fraction must lie in [0, 1], got " + std::to_string(dropped_fraction));
+    fail_load_stats("dropped_fraction must lie in [0, 1], got " + std::to_string(dropped_fraction));
   }
   const double n_experts = static_cast<double>(c.size());
   double total = 0.0;

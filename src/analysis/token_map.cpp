@@ -11,21 +11,21 @@ namespace xmoe::analysis {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
+[[noreturn]] void fail_pca(const std::string& message) {
   throw std::invalid_argument("xmoe::analysis::pca_2d: " + message);
 }
 
 void check_input(const at::Tensor& x) {
-  if (!x.defined()) fail("x is an undefined tensor");
+  if (!x.defined()) fail_pca("x is an undefined tensor");
   if (x.dim() != 2 || x.size(0) < 2 || x.size(1) < 1) {
     std::ostringstream s;
     s << "x must be [N, d] with N >= 2 points and d >= 1, got shape " << x.sizes();
-    fail(s.str());
+    fail_pca(s.str());
   }
   if (!at::isFloatingType(x.scalar_type())) {
-    fail(std::string("x must be a floating tensor, got ") + c10::toString(x.scalar_type()));
+    fail_pca(std::string("x must be a floating tensor, got ") + c10::toString(x.scalar_type()));
   }
-  if (!at::isfinite(x).all().item<bool>()) fail("x has non-finite values");
+  if (!at::isfinite(x).all().item<bool>()) fail_pca("x has non-finite values");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "xmoe/kernels/grouped_ffn.h"
 
+#include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/gemm.h"
 
 #include <ATen/ATen.h>
@@ -19,14 +20,14 @@ void fill_rows_with_bias(float* out, const float* bias, int64_t n, int64_t width
 
 void activation_forward(const at::Tensor& a, at::Tensor& h, Activation act) {
   if (act == Activation::kGelu) {
-    at::gelu_out(h, a);
+    xmoe::kernels::gelu_out(a, h);  // qualified: ADL would also find at::gelu_out
   } else {
     at::relu_(h.copy_(a));
   }
 }
 
 at::Tensor activation_backward(const at::Tensor& gh, const at::Tensor& a, Activation act) {
-  if (act == Activation::kGelu) return at::gelu_backward(gh, a);
+  if (act == Activation::kGelu) return xmoe::kernels::gelu_backward(gh, a);
   return gh * (a > 0).to(gh.scalar_type());
 }
 

@@ -1,8 +1,10 @@
 #include "xmoe/model/encoder.h"
 
 #include "xmoe/kernels/attention.h"
+#include "xmoe/kernels/cross_entropy.h"
 #include "xmoe/kernels/dropout.h"
 #include "xmoe/kernels/embedding.h"
+#include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/linear.h"
 #include "xmoe/util/init.h"
 
@@ -93,7 +95,7 @@ at::Tensor EncoderLayerImpl::drop(const at::Tensor& x) {
 at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
                                           MoEOutput* moe_out) {
   if (moe_.is_empty()) {
-    at::Tensor hidden = at::gelu(kernels::linear(x, fc1_->weight, fc1_->bias));
+    at::Tensor hidden = kernels::gelu(kernels::linear(x, fc1_->weight, fc1_->bias));
     return kernels::linear(hidden, fc2_->weight, fc2_->bias);
   }
   const int64_t b = x.size(0), l = x.size(1), d = x.size(2);
@@ -192,12 +194,12 @@ MlmOutput MoEEncoderImpl::mlm(const at::Tensor& ids, const at::Tensor& labels) {
   at::Tensor where = flat_labels.ne(-100).nonzero().reshape({-1});
   out.n_predicted = where.numel();
   at::Tensor h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
-  h = at::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias));
+  h = kernels::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias));
   h = head_norm_->forward(h);
   out.logits = kernels::linear(h, tokens_->weight, head_bias_);  // tied to the input embedding
   out.loss = out.n_predicted == 0
                  ? at::zeros({}, h.options())
-                 : at::cross_entropy_loss(out.logits, flat_labels.index_select(0, where));
+                 : kernels::cross_entropy(out.logits, flat_labels.index_select(0, where));
   return out;
 }
 

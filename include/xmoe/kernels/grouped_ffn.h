@@ -3,7 +3,7 @@
 //
 //   for each expert e, rows R_e = [offsets[e], offsets[e+1]):
 //     a[R_e]  = xs[R_e] · w1[e]ᵀ + b1[e]         [n_e, d_ff]   (bias pre-filled, GEMM beta = 1)
-//     h[R_e]  = act(a[R_e])                      (ATen's vectorised GELU / ReLU)
+//     h[R_e]  = act(a[R_e])                      (kernels::gelu_out / ATen ReLU)
 //     ys[R_e] = h[R_e] · w2[e]ᵀ + b2[e]          [n_e, d_model]
 //
 // Saved for backward: xs, a and h (activation memory O(N · d_ff)); nothing of size T × E × C.

@@ -1,0 +1,27 @@
+// GELU, the exact erf form, and its derivative.
+//
+//   gelu(x) = x · Φ(x),   Φ(x) = ½ (1 + erf(x / √2))
+//   gelu'(x) = Φ(x) + x · φ(x),   φ(x) = e^(−x²/2) / √(2π)
+//
+// float32 on CPU: erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7, the approximation ATen's
+// vectorised erf uses too), whose e^(−x²/2) is shared with φ, so forward and backward each take
+// one exp per element; compiled for AVX2 + FMA and the baseline ISA, picked at load time.
+// Why not at::gelu: LibTorch 1.13 spends ~1.6 ns (forward) and ~2.1 ns (backward) per element
+// on this machine, 21 ms of a tiny training step (docs/performance.md).
+// float64 uses std::erf / std::exp (gradient checks); other dtypes and devices use ATen.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+namespace xmoe::kernels {
+
+/// gelu(x), differentiable: x of any shape → the same shape.
+at::Tensor gelu(const at::Tensor& x);
+
+/// h = gelu(a) into `h` (same shape as `a`, both contiguous); no autograd.
+void gelu_out(const at::Tensor& a, at::Tensor& h);
+
+/// ∂a = ∂h ⊙ gelu'(a); no autograd.
+at::Tensor gelu_backward(const at::Tensor& grad_h, const at::Tensor& a);
+
+}  // namespace xmoe::kernels

@@ -1,0 +1,156 @@
+#include "xmoe/kernels/gelu.h"
+
+#include "vec_math.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+
+namespace xmoe::kernels {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr int64_t kGrain = 1 << 14;  // elements per task: a few µs
+
+// Φ(x) and e^(−x²/2) for float32: A&S 7.1.26 gives erf(z) = 1 − P(t) e^(−z²), t = 1 / (1 + p z)
+// for z = |x| / √2 ≥ 0, and e^(−z²) = e^(−x²/2).
+struct CdfAndGauss {
+  float cdf, gauss;  // Φ(x), e^(−x²/2)
+};
+
+XMOE_VEC_INLINE CdfAndGauss cdf_and_gauss(float x) {
+  const float z = std::abs(x) * 0.70710678118654752f;
+  const float t = 1.0f / (1.0f + 0.3275911f * z);
+  float poly = 1.061405429f;
+  poly = poly * t - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  poly = poly * t;
+  const float gauss = detail::exp_f32(-0.5f * x * x);
+  const float tail = 0.5f * poly * gauss;  // ½ (1 − erf(z)) = Φ(−|x|)
+  return {x >= 0.0f ? 1.0f - tail : tail, gauss};
+}
+
+XMOE_VEC_INLINE void gelu_forward_loop(const float* a, float* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = a[i] * cdf_and_gauss(a[i]).cdf;
+}
+
+XMOE_VEC_INLINE void gelu_backward_loop(const float* gh, const float* a, float* ga, int64_t n) {
+  constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+  for (int64_t i = 0; i < n; ++i) {
+    const CdfAndGauss c = cdf_and_gauss(a[i]);
+    ga[i] = gh[i] * (c.cdf + a[i] * kInvSqrt2Pi * c.gauss);
+  }
+}
+
+#if XMOE_X86_DISPATCH
+XMOE_TARGET_AVX2_FMA void gelu_forward_avx2(const float* a, float* h, int64_t n) { gelu_forward_loop(a, h, n); }
+XMOE_TARGET_AVX2_FMA void gelu_backward_avx2(const float* gh, const float* a, float* ga, int64_t n) {
+  gelu_backward_loop(gh, a, ga, n);
+}
+#endif
+
+void gelu_forward_f32(const float* a, float* h, int64_t n) {
+#if XMOE_X86_DISPATCH
+  if (detail::cpu_has_avx2_fma()) return gelu_forward_avx2(a, h, n);
+#endif
+  gelu_forward_loop(a, h, n);
+}
+
+void gelu_backward_f32(const float* gh, const float* a, float* ga, int64_t n) {
+#if XMOE_X86_DISPATCH
+  if (detail::cpu_has_avx2_fma()) return gelu_backward_avx2(gh, a, ga, n);
+#endif
+  gelu_backward_loop(gh, a, ga, n);
+}
+
+void gelu_forward_f64(const double* a, double* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = a[i] * 0.5 * std::erfc(-a[i] * M_SQRT1_2);
+}
+
+void gelu_backward_f64(const double* gh, const double* a, double* ga, int64_t n) {
+  const double inv_sqrt_2pi = 0.5 * M_2_SQRTPI * M_SQRT1_2;
+  for (int64_t i = 0; i < n; ++i) {
+    const double cdf = 0.5 * std::erfc(-a[i] * M_SQRT1_2);
+    ga[i] = gh[i] * (cdf + a[i] * inv_sqrt_2pi * std::exp(-0.5 * a[i] * a[i]));
+  }
+}
+
+bool handled(const at::Tensor& t) {
+  return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+void forward_into(const at::Tensor& a, at::Tensor& h) {
+  const int64_t n = a.numel();
+  if (a.scalar_type() == at::kFloat) {
+    const float* src = a.data_ptr<float>();
+    float* dst = h.data_ptr<float>();
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_forward_f32(src + b, dst + b, e - b); });
+  } else {
+    const double* src = a.data_ptr<double>();
+    double* dst = h.data_ptr<double>();
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_forward_f64(src + b, dst + b, e - b); });
+  }
+}
+
+at::Tensor backward_of(const at::Tensor& grad_h, const at::Tensor& a) {
+  at::Tensor gh = grad_h.contiguous();
+  at::Tensor ga = at::empty_like(a);
+  const int64_t n = a.numel();
+  if (a.scalar_type() == at::kFloat) {
+    const float *g = gh.data_ptr<float>(), *x = a.data_ptr<float>();
+    float* out = ga.data_ptr<float>();
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_backward_f32(g + b, x + b, out + b, e - b); });
+  } else {
+    const double *g = gh.data_ptr<double>(), *x = a.data_ptr<double>();
+    double* out = ga.data_ptr<double>();
+    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_backward_f64(g + b, x + b, out + b, e - b); });
+  }
+  return ga;
+}
+
+struct Gelu : torch::autograd::Function<Gelu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
+    at::Tensor h = at::empty_like(x);
+    forward_into(x, h);
+    ctx->save_for_backward({x});
+    return h;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {backward_of(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+}  // namespace
+
+at::Tensor gelu(const at::Tensor& x) {
+  if (!handled(x)) return at::gelu(x);
+  return Gelu::apply(x.contiguous());
+}
+
+void gelu_out(const at::Tensor& a, at::Tensor& h) {
+  TORCH_CHECK(a.sizes() == h.sizes() && a.scalar_type() == h.scalar_type(),
+              "xmoe::kernels::gelu_out: output ", h.sizes(), " does not match input ", a.sizes());
+  if (!handled(a) || !a.is_contiguous() || !h.is_contiguous() || !h.device().is_cpu()) {
+    at::gelu_out(h, a);
+    return;
+  }
+  forward_into(a, h);
+}
+
+at::Tensor gelu_backward(const at::Tensor& grad_h, const at::Tensor& a) {
+  TORCH_CHECK(grad_h.sizes() == a.sizes(), "xmoe::kernels::gelu_backward: gradient ", grad_h.sizes(),
+              " does not match input ", a.sizes());
+  if (!handled(a) || grad_h.scalar_type() != a.scalar_type() || !grad_h.device().is_cpu()) {
+    return at::gelu_backward(grad_h, a);
+  }
+  return backward_of(grad_h, a.contiguous());
+}
+
+}  // namespace xmoe::kernels
