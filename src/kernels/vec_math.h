@@ -6,8 +6,9 @@
 //   e^x = 2ⁿ · e^r,   n = round(x · log₂e),   r = x − n · ln 2  (ln 2 split in two for accuracy)
 //   e^r ≈ 1 + r + r² · P(r) on |r| ≤ ln2 / 2  (Cephes expf's degree-5 minimax polynomial)
 //
-// Relative error ≤ 2 ulp on [−87, 88]; arguments are clamped to that range, so e^x for
-// x < −87 comes out as e^−87 ≈ 1.6e−38 instead of a smaller number or zero.
+// Error ≤ 1 ulp of the correctly rounded result (measured on every 64th float of [−87, 88],
+// AVX2 + FMA and baseline builds). Arguments are clamped to that range, so e^x for x < −87 comes
+// out as e^−87 ≈ 1.6e−38 instead of a smaller number or zero; NaN stays NaN.
 #pragma once
 
 #include <cstdint>
@@ -38,8 +39,8 @@ inline bool cpu_has_avx2_fma() {
 #endif
 
 XMOE_VEC_INLINE float exp_f32(float x) {
-  x = x < -87.0f ? -87.0f : x;  // selects, not std::min: that stays an out-of-line call
-  x = x > 88.0f ? 88.0f : x;    // inside target_clones functions
+  x = x < -87.0f ? -87.0f : x;  // selects, not std::min: GCC left that an out-of-line call
+  x = x > 88.0f ? 88.0f : x;    // inside the AVX2 copies
   // Round to nearest by the 1.5 · 2²³ trick: vectorises without SSE4.1's roundps.
   constexpr float kRound = 12582912.0f;
   const float n = (x * 1.44269504088896341f + kRound) - kRound;

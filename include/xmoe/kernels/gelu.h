@@ -5,7 +5,7 @@
 //
 // float32 on CPU: erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e−7, the approximation ATen's
 // vectorised erf uses too), whose e^(−x²/2) is shared with φ, so forward and backward each take
-// one exp per element; compiled for AVX2 + FMA and the baseline ISA, picked at load time.
+// one exp per element; the loops have a copy compiled for AVX2 + FMA, chosen at run time.
 // Why not at::gelu: LibTorch 1.13 spends ~1.6 ns (forward) and ~2.1 ns (backward) per element
 // on this machine, 21 ms of a tiny training step (docs/performance.md).
 // float64 uses std::erf / std::exp (gradient checks); other dtypes and devices use ATen.
