@@ -60,7 +60,7 @@ struct CudaCase {
   bool masked;
 };
 
-std::string case_name(const ::testing::TestParamInfo<CudaCase>& info) {
+std::string cuda_case_name(const ::testing::TestParamInfo<CudaCase>& info) {
   const CudaCase& c = info.param;
   const char* policy = c.policy == SecondExpertPolicy::kAll      ? "all"
                        : c.policy == SecondExpertPolicy::kRandom ? "random"
@@ -155,7 +155,7 @@ INSTANTIATE_TEST_SUITE_P(
                       CudaCase{"xmoe", 2, 1.25, 3, SecondExpertPolicy::kAll, true},
                       CudaCase{"xmoe_torchscale", 1, 0.0, 1, SecondExpertPolicy::kAll, false},
                       CudaCase{"xmoe_torchscale", 2, 0.0, 2, SecondExpertPolicy::kAll, false}),
-    case_name);
+    cuda_case_name);
 
 // Evaluation mode without autograd (how a trained model is served): same routing and output.
 TEST(CudaMoELayerEval, EveryRouterMatchesCpuWithoutGrad) {

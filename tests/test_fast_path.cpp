@@ -24,7 +24,7 @@ struct FastCase {
   Activation activation;
 };
 
-std::string case_name(const ::testing::TestParamInfo<FastCase>& info) {
+std::string fast_case_name(const ::testing::TestParamInfo<FastCase>& info) {
   const FastCase& c = info.param;
   std::string name = c.router + "_k" + std::to_string(c.top_k) + "_cf" +
                      std::to_string(static_cast<int>(c.capacity_factor * 10)) + "_depth" +
@@ -107,7 +107,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FastCase{"xmoe", 1, 0.0, 1, Activation::kGelu},
                       FastCase{"xmoe", 2, 1.25, 3, Activation::kGelu},
                       FastCase{"xmoe_torchscale", 1, 0.0, 1, Activation::kGelu}),
-    case_name);
+    fast_case_name);
 
 TEST(FastPath, DoubleAndReferenceRequestsUseTheReferencePath) {
   MoELayer layer(MoELayerOptions(4, 6, 3).seed(1));

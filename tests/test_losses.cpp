@@ -6,12 +6,12 @@
 
 #include <cmath>
 
+#include "test_util.h"
+
 namespace xmoe {
 namespace {
 
-at::Tensor mat(std::vector<double> v, int64_t rows) {
-  return at::tensor(v, at::kDouble).reshape({rows, -1});
-}
+using xmoe_test::mat;
 at::Tensor ids(std::vector<int64_t> v) { return at::tensor(v, at::kLong); }
 
 TEST(BalanceLoss, UniformRouterGivesExactlyOne) {

@@ -8,12 +8,12 @@
 
 #include <cmath>
 
+#include "test_util.h"
+
 namespace xmoe {
 namespace {
 
-at::Tensor mat(std::vector<double> v, int64_t rows) {
-  return at::tensor(v, at::kDouble).reshape({rows, -1});
-}
+using xmoe_test::mat;
 
 void set(at::Tensor& param, const at::Tensor& value) {
   at::NoGradGuard no_grad;

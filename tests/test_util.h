@@ -2,6 +2,7 @@
 // read/write, and a substring assertion that prints both strings on failure.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -14,6 +15,11 @@
 #include <vector>
 
 namespace xmoe_test {
+
+/// A float64 matrix of `rows` rows from row-major values: mat({1, 2, 3, 4}, 2) = [[1, 2], [3, 4]].
+inline at::Tensor mat(std::vector<double> v, int64_t rows) {
+  return at::tensor(v, at::kDouble).reshape({rows, -1});
+}
 
 /// A fresh directory under the system temp dir (mkdtemp), removed with everything in it when
 /// the object goes out of scope.
