@@ -7,6 +7,9 @@
 #                    [--configs "1:8 2:8 1:64 2:64 1:128"]   (top_k:experts pairs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Every row runs with the heap setting xmoe applies to itself (include/xmoe/util/heap.h): large
+# freed blocks stay mapped, so no implementation pays page faults for buffers it re-allocates.
+export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
 tokens=8192 d_model=512 d_ff=2048 iters=3 configs="1:8 2:8 1:64 2:64 1:128"
 while [ $# -gt 0 ]; do
   case "$1" in

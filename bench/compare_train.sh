@@ -13,6 +13,9 @@
 # XMOE_BUILD_DIR (default build) is the CMake build directory to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Every row runs with the heap setting xmoe applies to itself (include/xmoe/util/heap.h): large
+# freed blocks stay mapped, so no implementation pays page faults for buffers it re-allocates.
+export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
 steps=4 warmup=1 repeats=1 routers=config setup=1
 configs=()
 while [ $# -gt 0 ]; do

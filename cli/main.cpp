@@ -1,6 +1,8 @@
 // xmoe: command-line front end. Subcommands are in cli/<name>.cpp.
 #include "commands.h"
 
+#include "xmoe/util/heap.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -9,6 +11,9 @@
 #include <thread>
 
 int main(int argc, char** argv) {
+  // Training and benchmarks free and re-allocate the same large buffers every step; keep them
+  // mapped instead of paying page faults for fresh pages each time (include/xmoe/util/heap.h).
+  xmoe::retain_freed_heap_memory();
   CLI::App app{"xmoe: sparse Mixture-of-Experts layers, routers (Switch, GShard, noisy top-k, "
                "X-MoE) and their analysis"};
   app.require_subcommand(1);

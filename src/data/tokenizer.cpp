@@ -10,7 +10,7 @@
 namespace xmoe {
 namespace {
 
-[[noreturn]] void fail(const std::string& source, const std::string& message) {
+[[noreturn]] void fail_tokenizer(const std::string& source, const std::string& message) {
   throw std::runtime_error(source + ": " + message);
 }
 
@@ -21,7 +21,7 @@ void check_special_ids(const void* processor, const std::string& source) {
   api.special_ids(processor, &pad, &unk, &bos, &eos);
   auto expect = [&](const char* what, int got, int want) {
     if (got != want) {
-      fail(source, std::string("not an xmoe tokenizer: ") + what + " is " + std::to_string(got) +
+      fail_tokenizer(source, std::string("not an xmoe tokenizer: ") + what + " is " + std::to_string(got) +
                        ", expected " + std::to_string(want) +
                        " (train it with `xmoe tokenizer train`)");
     }
@@ -33,7 +33,7 @@ void check_special_ids(const void* processor, const std::string& source) {
   expect("the id of <mask>", api.piece_to_id(processor, Tokenizer::kMaskPiece), Tokenizer::kMaskId);
   const int size = api.piece_size(processor);
   if (size <= Tokenizer::kNumSpecial) {
-    fail(source, "not an xmoe tokenizer: only " + std::to_string(size) + " pieces, no regular ones");
+    fail_tokenizer(source, "not an xmoe tokenizer: only " + std::to_string(size) + " pieces, no regular ones");
   }
 }
 
@@ -41,21 +41,21 @@ void check_special_ids(const void* processor, const std::string& source) {
 
 Tokenizer Tokenizer::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open tokenizer model (missing or unreadable file)");
+  if (!in) fail_tokenizer(path, "cannot open tokenizer model (missing or unreadable file)");
   std::ostringstream bytes;
   bytes << in.rdbuf();
-  if (in.bad()) fail(path, "error reading tokenizer model");
+  if (in.bad()) fail_tokenizer(path, "error reading tokenizer model");
   Tokenizer tokenizer = from_serialized(bytes.str(), path);
   tokenizer.path_ = path;
   return tokenizer;
 }
 
 Tokenizer Tokenizer::from_serialized(const std::string& bytes, const std::string& source) {
-  if (bytes.empty()) fail(source, "empty file, not a SentencePiece model");
+  if (bytes.empty()) fail_tokenizer(source, "empty file, not a SentencePiece model");
   const spm::Api& api = spm::api();
   std::string error;
   void* raw = api.load(bytes, &error);
-  if (raw == nullptr) fail(source, "not a SentencePiece model (corrupt or truncated file): " + error);
+  if (raw == nullptr) fail_tokenizer(source, "not a SentencePiece model (corrupt or truncated file): " + error);
   std::shared_ptr<void> processor(raw, api.destroy);
   check_special_ids(processor.get(), source);
   Tokenizer tokenizer;

@@ -18,7 +18,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kGrain = 1 << 14;  // elements per task: a few µs of hashing
+constexpr int64_t kDropoutGrain = 1 << 14;  // elements per task: a few µs of hashing
 
 // Chris Wellons' "lowbias32" integer mixer (hash-prospector): full avalanche on 32 bits in
 // five cheap operations, all of which AVX2 vectorises (vpmulld, shifts, xor).
@@ -104,7 +104,7 @@ at::Tensor apply_mask(const at::Tensor& x, double p, uint64_t key) {
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "xmoe::kernels::dropout", [&] {
     const scalar_t* src = in.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, in.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in.numel(), kDropoutGrain, [&](int64_t begin, int64_t end) {
       apply_mask_slice(src + begin, dst + begin, end - begin, begin, p, key);
     });
   });

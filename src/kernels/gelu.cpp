@@ -15,7 +15,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kGrain = 1 << 14;  // elements per task: a few µs
+constexpr int64_t kGeluGrain = 1 << 14;  // elements per task: a few µs
 
 // Φ(x) and e^(−x²/2) for float32: A&S 7.1.26 gives erf(z) = 1 − P(t) e^(−z²), t = 1 / (1 + p z)
 // for z = |x| / √2 ≥ 0, and e^(−z²) = e^(−x²/2).
@@ -91,11 +91,11 @@ void forward_into(const at::Tensor& a, at::Tensor& h) {
   if (a.scalar_type() == at::kFloat) {
     const float* src = a.data_ptr<float>();
     float* dst = h.data_ptr<float>();
-    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_forward_f32(src + b, dst + b, e - b); });
+    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_forward_f32(src + b, dst + b, e - b); });
   } else {
     const double* src = a.data_ptr<double>();
     double* dst = h.data_ptr<double>();
-    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_forward_f64(src + b, dst + b, e - b); });
+    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_forward_f64(src + b, dst + b, e - b); });
   }
 }
 
@@ -106,11 +106,11 @@ at::Tensor backward_of(const at::Tensor& grad_h, const at::Tensor& a) {
   if (a.scalar_type() == at::kFloat) {
     const float *g = gh.data_ptr<float>(), *x = a.data_ptr<float>();
     float* out = ga.data_ptr<float>();
-    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_backward_f32(g + b, x + b, out + b, e - b); });
+    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_backward_f32(g + b, x + b, out + b, e - b); });
   } else {
     const double *g = gh.data_ptr<double>(), *x = a.data_ptr<double>();
     double* out = ga.data_ptr<double>();
-    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { gelu_backward_f64(g + b, x + b, out + b, e - b); });
+    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_backward_f64(g + b, x + b, out + b, e - b); });
   }
   return ga;
 }

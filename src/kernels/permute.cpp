@@ -13,7 +13,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kGrain = 64;  // rows per task: a row is d floats of copy or FMA
+constexpr int64_t kPermuteRowsPerTask = 64;  // rows per task: a row is d floats of copy or FMA
 
 // out[t] = Σ_j w[t, j] · rows_src[row(t, j)] (w = 1 when `weights` is null): the combine, and
 // with unit weights the adjoint of the gather. Parallel over tokens; each output row is written
@@ -26,7 +26,7 @@ at::Tensor sum_rows_per_token(const at::Tensor& src_rows, const float* weights,
   const float* src = src_rows.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t* rows = row_of_slot.data_ptr<int64_t>();
-  at::parallel_for(0, n_tokens, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_tokens, kPermuteRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       float* o = dst + t * d;
       std::memset(o, 0, sizeof(float) * d);
@@ -50,7 +50,7 @@ struct GatherRows : torch::autograd::Function<GatherRows> {
     const float* src = x.data_ptr<float>();
     float* dst = xs.data_ptr<float>();
     const int64_t* tok = token_index.data_ptr<int64_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, kPermuteRowsPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) std::memcpy(dst + r * d, src + tok[r] * d, sizeof(float) * d);
     });
     ctx->saved_data["n_tokens"] = x.size(0);
@@ -89,7 +89,7 @@ struct CombineRows : torch::autograd::Function<CombineRows> {
     float* gys_p = gys.data_ptr<float>();
     float* gg = ggates.data_ptr<float>();
     // Each kept row belongs to exactly one (t, j): writes never collide.
-    at::parallel_for(0, n_tokens, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_tokens, kPermuteRowsPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const float* go = gyp + t * d;
         for (int64_t j = 0; j < k; ++j) {

@@ -16,19 +16,19 @@ namespace {
 const std::string kModel = "model.";
 const std::string kOptim = "optim.";
 
-[[noreturn]] void fail(const std::string& path, const std::string& message) {
+[[noreturn]] void fail_training_state(const std::string& path, const std::string& message) {
   throw FileFormatError(path + ": " + message);
 }
 
 void copy_checked(at::Tensor& target, const TensorMap& tensors, const std::string& name,
                   const std::string& path) {
   auto it = tensors.find(name);
-  if (it == tensors.end()) fail(path, "missing tensor '" + name + "'");
+  if (it == tensors.end()) fail_training_state(path, "missing tensor '" + name + "'");
   if (it->second.sizes() != target.sizes())
-    fail(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) +
+    fail_training_state(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) +
                    ", the model expects " + c10::str(target.sizes()));
   if (!it->second.is_floating_point() && target.is_floating_point())
-    fail(path, "tensor '" + name + "' has dtype " + c10::str(it->second.scalar_type()) +
+    fail_training_state(path, "tensor '" + name + "' has dtype " + c10::str(it->second.scalar_type()) +
                    ", expected a floating-point tensor");
   target.copy_(it->second);
 }
@@ -65,7 +65,7 @@ void load_module_state(torch::nn::Module& module, const TensorMap& tensors, cons
     if (extra.empty() && !parameters.contains(key) && !buffers.contains(key)) extra = name;
   }
   if (present != expected)
-    fail(path, "tensor '" + extra + "' does not belong to this model (the checkpoint is of another "
+    fail_training_state(path, "tensor '" + extra + "' does not belong to this model (the checkpoint is of another "
                "architecture)");
 }
 
@@ -96,7 +96,7 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const torch::nn::Module& m
     copy_checked(exp_avg_sq, tensors, base + ".exp_avg_sq", path);
     const at::Tensor& step = tensors.at(base + ".step");
     if (step.numel() != 1 || step.scalar_type() != at::kLong)
-      fail(path, "tensor '" + base + ".step' must be one int64");
+      fail_training_state(path, "tensor '" + base + ".step' must be one int64");
     state->step(step.item<int64_t>());
     state->exp_avg(exp_avg);
     state->exp_avg_sq(exp_avg_sq);
@@ -113,16 +113,16 @@ at::Tensor generator_state(const at::Generator& generator) {
 void load_generator_state(at::Generator& generator, const TensorMap& tensors,
                           const std::string& name, const std::string& path) {
   auto it = tensors.find(name);
-  if (it == tensors.end()) fail(path, "missing tensor '" + name + "'");
+  if (it == tensors.end()) fail_training_state(path, "missing tensor '" + name + "'");
   const at::Tensor& bytes = it->second;
   if (bytes.dim() != 1 || bytes.scalar_type() != at::kLong || bytes.numel() == 0 ||
       bytes.min().item<int64_t>() < 0 || bytes.max().item<int64_t>() > 255)
-    fail(path, "tensor '" + name + "' is not a generator state (int64 bytes 0..255)");
+    fail_training_state(path, "tensor '" + name + "' is not a generator state (int64 bytes 0..255)");
   std::lock_guard<std::mutex> lock(generator.mutex());
   try {
     generator.set_state(bytes.to(at::kByte));
   } catch (const c10::Error& e) {
-    fail(path, "tensor '" + name + "' is not a valid generator state: " + e.what_without_backtrace());
+    fail_training_state(path, "tensor '" + name + "' is not a valid generator state: " + e.what_without_backtrace());
   }
 }
 
