@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -71,6 +72,17 @@ inline ::testing::AssertionResult Contains(const std::string& haystack, const st
   if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "expected to find \"" << needle << "\" in:\n"
                                        << haystack;
+}
+
+/// The message of the c10::Error that f throws, or "<no c10::Error thrown>" — so that
+/// EXPECT_TRUE(Contains(c10_error_message(f), "...")) fails when f does not throw.
+inline std::string c10_error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what();
+  }
+  return "<no c10::Error thrown>";
 }
 
 }  // namespace xmoe_test

@@ -22,8 +22,8 @@ void check_special_ids(const void* processor, const std::string& source) {
   auto expect = [&](const char* what, int got, int want) {
     if (got != want) {
       fail_tokenizer(source, std::string("not an xmoe tokenizer: ") + what + " is " + std::to_string(got) +
-                       ", expected " + std::to_string(want) +
-                       " (train it with `xmoe tokenizer train`)");
+                                 ", expected " + std::to_string(want) +
+                                 " (train it with `xmoe tokenizer train`)");
     }
   };
   expect("pad_id", pad, Tokenizer::kPadId);
@@ -33,7 +33,8 @@ void check_special_ids(const void* processor, const std::string& source) {
   expect("the id of <mask>", api.piece_to_id(processor, Tokenizer::kMaskPiece), Tokenizer::kMaskId);
   const int size = api.piece_size(processor);
   if (size <= Tokenizer::kNumSpecial) {
-    fail_tokenizer(source, "not an xmoe tokenizer: only " + std::to_string(size) + " pieces, no regular ones");
+    fail_tokenizer(source,
+                   "not an xmoe tokenizer: only " + std::to_string(size) + " pieces, no regular ones");
   }
 }
 
@@ -55,7 +56,8 @@ Tokenizer Tokenizer::from_serialized(const std::string& bytes, const std::string
   const spm::Api& api = spm::api();
   std::string error;
   void* raw = api.load(bytes, &error);
-  if (raw == nullptr) fail_tokenizer(source, "not a SentencePiece model (corrupt or truncated file): " + error);
+  if (raw == nullptr)
+    fail_tokenizer(source, "not a SentencePiece model (corrupt or truncated file): " + error);
   std::shared_ptr<void> processor(raw, api.destroy);
   check_special_ids(processor.get(), source);
   Tokenizer tokenizer;

@@ -39,8 +39,8 @@ XMOE_VEC_INLINE float log_sum_exp_loop(const float* z, int64_t v) {
   return m + static_cast<float>(std::log(sum));
 }
 
-XMOE_VEC_INLINE void softmax_minus_onehot_loop(const float* z, float lse, int64_t label, float scale, float* gz,
-                                               int64_t v) {
+XMOE_VEC_INLINE void softmax_minus_onehot_loop(const float* z, float lse, int64_t label, float scale,
+                                               float* gz, int64_t v) {
   for (int64_t j = 0; j < v; ++j) gz[j] = scale * detail::exp_f32(z[j] - lse);
   gz[label] -= scale;
 }
@@ -53,21 +53,21 @@ XMOE_TARGET_AVX2_FMA void softmax_minus_onehot_avx2(const float* z, float lse, i
 }
 #endif
 
-float log_sum_exp_f32(const float* z, int64_t v) {
+float log_sum_exp(const float* z, int64_t v) {
 #if XMOE_X86_DISPATCH
   if (detail::cpu_has_avx2_fma()) return log_sum_exp_avx2(z, v);
 #endif
   return log_sum_exp_loop(z, v);
 }
 
-void softmax_minus_onehot_f32(const float* z, float lse, int64_t label, float scale, float* gz, int64_t v) {
+void softmax_minus_onehot(const float* z, float lse, int64_t label, float scale, float* gz, int64_t v) {
 #if XMOE_X86_DISPATCH
   if (detail::cpu_has_avx2_fma()) return softmax_minus_onehot_avx2(z, lse, label, scale, gz, v);
 #endif
   softmax_minus_onehot_loop(z, lse, label, scale, gz, v);
 }
 
-double log_sum_exp_f64(const double* z, int64_t v) {
+double log_sum_exp(const double* z, int64_t v) {
   double m = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < v; ++j) m = std::max(m, z[j]);
   double sum = 0;
@@ -75,18 +75,9 @@ double log_sum_exp_f64(const double* z, int64_t v) {
   return m + std::log(sum);
 }
 
-void softmax_minus_onehot_f64(const double* z, double lse, int64_t label, double scale, double* gz, int64_t v) {
+void softmax_minus_onehot(const double* z, double lse, int64_t label, double scale, double* gz, int64_t v) {
   for (int64_t j = 0; j < v; ++j) gz[j] = scale * std::exp(z[j] - lse);
   gz[label] -= scale;
-}
-
-inline float log_sum_exp(const float* z, int64_t v) { return log_sum_exp_f32(z, v); }
-inline double log_sum_exp(const double* z, int64_t v) { return log_sum_exp_f64(z, v); }
-inline void softmax_minus_onehot(const float* z, float lse, int64_t y, float s, float* g, int64_t v) {
-  softmax_minus_onehot_f32(z, lse, y, s, g, v);
-}
-inline void softmax_minus_onehot(const double* z, double lse, int64_t y, double s, double* g, int64_t v) {
-  softmax_minus_onehot_f64(z, lse, y, s, g, v);
 }
 
 struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
@@ -102,8 +93,10 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
         for (int64_t i = begin; i < end; ++i) l[i] = log_sum_exp(z + i * v, v);
       });
       double total = 0;  // Σ_i lse_i − z_{i, y_i}, summed in double for any N
-      for (int64_t i = 0; i < n; ++i) total += static_cast<double>(l[i]) - static_cast<double>(z[i * v + y[i]]);
-      loss = at::scalar_tensor(n == 0 ? std::numeric_limits<double>::quiet_NaN() : total / n, logits.options());
+      for (int64_t i = 0; i < n; ++i)
+        total += static_cast<double>(l[i]) - static_cast<double>(z[i * v + y[i]]);
+      loss =
+          at::scalar_tensor(n == 0 ? std::numeric_limits<double>::quiet_NaN() : total / n, logits.options());
     });
     ctx->save_for_backward({logits, labels, lse});
     return loss;
@@ -120,7 +113,8 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
       const scalar_t* l = lse.data_ptr<scalar_t>();
       scalar_t* g = gz.data_ptr<scalar_t>();
       at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) softmax_minus_onehot(z + i * v, l[i], y[i], scale, g + i * v, v);
+        for (int64_t i = begin; i < end; ++i)
+          softmax_minus_onehot(z + i * v, l[i], y[i], scale, g + i * v, v);
       });
     });
     return {gz, at::Tensor()};

@@ -50,31 +50,33 @@ XMOE_VEC_INLINE void gelu_backward_loop(const float* gh, const float* a, float* 
 }
 
 #if XMOE_X86_DISPATCH
-XMOE_TARGET_AVX2_FMA void gelu_forward_avx2(const float* a, float* h, int64_t n) { gelu_forward_loop(a, h, n); }
+XMOE_TARGET_AVX2_FMA void gelu_forward_avx2(const float* a, float* h, int64_t n) {
+  gelu_forward_loop(a, h, n);
+}
 XMOE_TARGET_AVX2_FMA void gelu_backward_avx2(const float* gh, const float* a, float* ga, int64_t n) {
   gelu_backward_loop(gh, a, ga, n);
 }
 #endif
 
-void gelu_forward_f32(const float* a, float* h, int64_t n) {
+void gelu_forward_span(const float* a, float* h, int64_t n) {
 #if XMOE_X86_DISPATCH
   if (detail::cpu_has_avx2_fma()) return gelu_forward_avx2(a, h, n);
 #endif
   gelu_forward_loop(a, h, n);
 }
 
-void gelu_backward_f32(const float* gh, const float* a, float* ga, int64_t n) {
+void gelu_backward_span(const float* gh, const float* a, float* ga, int64_t n) {
 #if XMOE_X86_DISPATCH
   if (detail::cpu_has_avx2_fma()) return gelu_backward_avx2(gh, a, ga, n);
 #endif
   gelu_backward_loop(gh, a, ga, n);
 }
 
-void gelu_forward_f64(const double* a, double* h, int64_t n) {
+void gelu_forward_span(const double* a, double* h, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] = a[i] * 0.5 * std::erfc(-a[i] * M_SQRT1_2);
 }
 
-void gelu_backward_f64(const double* gh, const double* a, double* ga, int64_t n) {
+void gelu_backward_span(const double* gh, const double* a, double* ga, int64_t n) {
   const double inv_sqrt_2pi = 0.5 * M_2_SQRTPI * M_SQRT1_2;
   for (int64_t i = 0; i < n; ++i) {
     const double cdf = 0.5 * std::erfc(-a[i] * M_SQRT1_2);
@@ -87,31 +89,23 @@ bool handled(const at::Tensor& t) {
 }
 
 void forward_into(const at::Tensor& a, at::Tensor& h) {
-  const int64_t n = a.numel();
-  if (a.scalar_type() == at::kFloat) {
-    const float* src = a.data_ptr<float>();
-    float* dst = h.data_ptr<float>();
-    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_forward_f32(src + b, dst + b, e - b); });
-  } else {
-    const double* src = a.data_ptr<double>();
-    double* dst = h.data_ptr<double>();
-    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_forward_f64(src + b, dst + b, e - b); });
-  }
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "xmoe::kernels::gelu", [&] {
+    const scalar_t* x = a.data_ptr<scalar_t>();
+    scalar_t* out = h.data_ptr<scalar_t>();
+    at::parallel_for(0, a.numel(), kGeluGrain,
+                     [&](int64_t b, int64_t e) { gelu_forward_span(x + b, out + b, e - b); });
+  });
 }
 
 at::Tensor backward_of(const at::Tensor& grad_h, const at::Tensor& a) {
   at::Tensor gh = grad_h.contiguous();
   at::Tensor ga = at::empty_like(a);
-  const int64_t n = a.numel();
-  if (a.scalar_type() == at::kFloat) {
-    const float *g = gh.data_ptr<float>(), *x = a.data_ptr<float>();
-    float* out = ga.data_ptr<float>();
-    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_backward_f32(g + b, x + b, out + b, e - b); });
-  } else {
-    const double *g = gh.data_ptr<double>(), *x = a.data_ptr<double>();
-    double* out = ga.data_ptr<double>();
-    at::parallel_for(0, n, kGeluGrain, [&](int64_t b, int64_t e) { gelu_backward_f64(g + b, x + b, out + b, e - b); });
-  }
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "xmoe::kernels::gelu backward", [&] {
+    const scalar_t *g = gh.data_ptr<scalar_t>(), *x = a.data_ptr<scalar_t>();
+    scalar_t* out = ga.data_ptr<scalar_t>();
+    at::parallel_for(0, a.numel(), kGeluGrain,
+                     [&](int64_t b, int64_t e) { gelu_backward_span(g + b, x + b, out + b, e - b); });
+  });
   return ga;
 }
 

@@ -26,10 +26,10 @@ void copy_checked(at::Tensor& target, const TensorMap& tensors, const std::strin
   if (it == tensors.end()) fail_training_state(path, "missing tensor '" + name + "'");
   if (it->second.sizes() != target.sizes())
     fail_training_state(path, "tensor '" + name + "' has shape " + c10::str(it->second.sizes()) +
-                   ", the model expects " + c10::str(target.sizes()));
+                                  ", the model expects " + c10::str(target.sizes()));
   if (!it->second.is_floating_point() && target.is_floating_point())
     fail_training_state(path, "tensor '" + name + "' has dtype " + c10::str(it->second.scalar_type()) +
-                   ", expected a floating-point tensor");
+                                  ", expected a floating-point tensor");
   target.copy_(it->second);
 }
 
@@ -65,8 +65,9 @@ void load_module_state(torch::nn::Module& module, const TensorMap& tensors, cons
     if (extra.empty() && !parameters.contains(key) && !buffers.contains(key)) extra = name;
   }
   if (present != expected)
-    fail_training_state(path, "tensor '" + extra + "' does not belong to this model (the checkpoint is of another "
-               "architecture)");
+    fail_training_state(path, "tensor '" + extra +
+                                  "' does not belong to this model (the checkpoint is of another "
+                                  "architecture)");
 }
 
 TensorMap adamw_state(const torch::optim::AdamW& optimizer, const torch::nn::Module& module) {
@@ -122,7 +123,8 @@ void load_generator_state(at::Generator& generator, const TensorMap& tensors,
   try {
     generator.set_state(bytes.to(at::kByte));
   } catch (const c10::Error& e) {
-    fail_training_state(path, "tensor '" + name + "' is not a valid generator state: " + e.what_without_backtrace());
+    fail_training_state(
+        path, "tensor '" + name + "' is not a valid generator state: " + e.what_without_backtrace());
   }
 }
 

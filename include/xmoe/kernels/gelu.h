@@ -7,8 +7,8 @@
 // vectorised erf uses too), whose e^(−x²/2) is shared with φ, so forward and backward each take
 // one exp per element; the loops have a copy compiled for AVX2 + FMA, chosen at run time.
 // Why not at::gelu: LibTorch 1.13's backward evaluates erf and exp separately; sharing the exp
-// makes this one ~10-15 % faster per element on the development machine (both are compute-bound
-// there, ~1.5-2.7 ns per element per core; docs/performance.md).
+// makes this backward ~15 % faster per element on the development machine, the forward is on par
+// (both compute-bound there, ~1.5-2.7 ns per element per core; docs/performance.md).
 // float64 uses std::erf / std::exp (gradient checks); other dtypes and devices use ATen.
 #pragma once
 

@@ -4,7 +4,7 @@
 // unmaps it on free, so a buffer that autograd frees and re-allocates every step — weight
 // gradients set to none, activations — comes back as fresh pages: a page fault and a kernel
 // page clear per 4 KiB (or 2 MiB) each time. For one MoE layer with E = 128 experts (1 GiB of
-// expert weight gradients per step) that was 18 % of forward + backward (docs/performance.md).
+// expert weight gradients per step) that was ~20 % of forward + backward (docs/performance.md).
 #pragma once
 
 namespace xmoe {
