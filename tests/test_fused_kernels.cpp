@@ -340,7 +340,11 @@ TEST(FusedGelu, EqualsAtenGeluForwardAndBackward) {
   at::Tensor h = at::empty_like(x);
   kernels::gelu_out(x, h);
   EXPECT_TRUE(at::equal(h, y1));
-  EXPECT_TRUE(at::equal(kernels::gelu_backward(G, x), x1.grad()));
+  at::Tensor h2 = at::empty_like(x), slope = at::empty_like(x);
+  kernels::gelu_with_derivative_out(x, h2, slope);
+  EXPECT_TRUE(at::equal(h2, y1));
+  EXPECT_TRUE(at::equal(G * slope, x1.grad()));  // autograd's backward is this one multiply
+  EXPECT_TRUE(at::allclose(kernels::gelu_backward(G, x), x1.grad(), 1e-6, 1e-7));
   EXPECT_EQ(kernels::gelu(at::empty({0, 3})).sizes(), at::IntArrayRef({0, 3}));
 }
 

@@ -18,17 +18,15 @@ void fill_rows_with_bias(float* out, const float* bias, int64_t n, int64_t width
   for (int64_t r = 0; r < n; ++r) std::copy(bias, bias + width, out + r * width);
 }
 
-void activation_forward(const at::Tensor& a, at::Tensor& h, Activation act) {
+// h = act(a) and g = act'(a): backward then needs one multiply, ∂a = ∂h ⊙ g, and a itself can
+// be dropped after forward (the saved activation memory stays two [N, d_ff] buffers).
+void activation_with_derivative(const at::Tensor& a, at::Tensor& h, at::Tensor& g, Activation act) {
   if (act == Activation::kGelu) {
-    xmoe::kernels::gelu_out(a, h);  // qualified: ADL would also find at::gelu_out
+    xmoe::kernels::gelu_with_derivative_out(a, h, g);
   } else {
-    at::relu_(h.copy_(a));
+    at::clamp_min_out(h, a, 0);
+    at::gt_out(g, a, 0);  // 1 where a > 0, else 0, written as float
   }
-}
-
-at::Tensor activation_backward(const at::Tensor& gh, const at::Tensor& a, Activation act) {
-  if (act == Activation::kGelu) return xmoe::kernels::gelu_backward(gh, a);
-  return gh * (a > 0).to(gh.scalar_type());
 }
 
 struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
@@ -37,27 +35,28 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
                             const std::vector<int64_t>& offsets, int64_t activation) {
     const int64_t n = xs.size(0), d = xs.size(1), f = w1.size(1);
     const Activation act = static_cast<Activation>(activation);
-    at::Tensor a = at::empty({n, f}, xs.options());
     at::Tensor h = at::empty({n, f}, xs.options());
+    at::Tensor slope = at::empty({n, f}, xs.options());
     at::Tensor ys = at::empty({n, d}, xs.options());
     const float* x = xs.data_ptr<float>();
     const float* w1p = w1.data_ptr<float>();
     const float* b1p = b1.data_ptr<float>();
     const float* w2p = w2.data_ptr<float>();
     const float* b2p = b2.data_ptr<float>();
-    float* ap = a.data_ptr<float>();
     float* yp = ys.data_ptr<float>();
     for_each_expert_block(offsets, 4 * d * f, [&](int64_t e, int64_t row0, int64_t rows) {
-      float* ae = ap + row0 * f;
-      fill_rows_with_bias(ae, b1p + e * f, rows, f);
-      sgemm(false, true, rows, f, d, 1.f, x + row0 * d, d, w1p + e * f * d, d, 1.f, ae, f);
+      at::Tensor ae = at::empty({rows, f}, xs.options());  // pre-activation, this block only
+      fill_rows_with_bias(ae.data_ptr<float>(), b1p + e * f, rows, f);
+      sgemm(false, true, rows, f, d, 1.f, x + row0 * d, d, w1p + e * f * d, d, 1.f,
+            ae.data_ptr<float>(), f);
       at::Tensor he = h.narrow(0, row0, rows);
-      activation_forward(a.narrow(0, row0, rows), he, act);
+      at::Tensor ge = slope.narrow(0, row0, rows);
+      activation_with_derivative(ae, he, ge, act);
       float* ye = yp + row0 * d;
       fill_rows_with_bias(ye, b2p + e * d, rows, d);
       sgemm(false, true, rows, d, f, 1.f, he.data_ptr<float>(), f, w2p + e * d * f, f, 1.f, ye, d);
     });
-    ctx->save_for_backward({xs, w1, w2, a, h});
+    ctx->save_for_backward({xs, w1, w2, slope, h});
     ctx->saved_data["offsets"] = offsets;
     ctx->saved_data["activation"] = activation;
     return ys;
@@ -68,10 +67,9 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
     const at::Tensor& xs = saved[0];
     const at::Tensor& w1 = saved[1];
     const at::Tensor& w2 = saved[2];
-    const at::Tensor& a = saved[3];
+    const at::Tensor& slope = saved[3];
     const at::Tensor& h = saved[4];
     const std::vector<int64_t> offsets = ctx->saved_data["offsets"].toIntVector();
-    const Activation act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
     at::Tensor gys = grads[0].contiguous();
     const int64_t n_expert = w1.size(0), f = w1.size(1), d = w1.size(2);
 
@@ -106,9 +104,10 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
       // gh [rows, f] = gys · w2[e]
       float* gh_e = ghp + row0 * f;
       sgemm(false, false, rows, f, d, 1.f, gy_e, d, w2p + e * d * f, f, 0.f, gh_e, f);
-      at::Tensor ga = activation_backward(gh.narrow(0, row0, rows), a.narrow(0, row0, rows), act);
+      // ga = gh ⊙ act'(a), in place of gh
+      at::Tensor ga = gh.narrow(0, row0, rows).mul_(slope.narrow(0, row0, rows));
       gb1[e].copy_(ga.sum(0));
-      const float* ga_p = ga.data_ptr<float>();
+      const float* ga_p = gh_e;
       // gw1[e] [f, d] = gaᵀ · xs
       sgemm(true, false, f, d, rows, 1.f, ga_p, f, x + row0 * d, d, 0.f, gw1p + e * f * d, d);
       // gxs [rows, d] = ga · w1[e]

@@ -3,11 +3,12 @@
 //
 //   for each expert e, rows R_e = [offsets[e], offsets[e+1]):
 //     a[R_e]  = xs[R_e] · w1[e]ᵀ + b1[e]         [n_e, d_ff]   (bias pre-filled, GEMM beta = 1)
-//     h[R_e]  = act(a[R_e])                      (kernels::gelu_out / ATen ReLU)
+//     h[R_e]  = act(a[R_e]), g[R_e] = act'(a[R_e])  (kernels::gelu_with_derivative_out / ATen)
 //     ys[R_e] = h[R_e] · w2[e]ᵀ + b2[e]          [n_e, d_model]
 //
-// Saved for backward: xs, a and h (activation memory O(N · d_ff)); nothing of size T × E × C.
-// Backward: gb2 = Σ gys, gw2 = gysᵀ h, gh = gys w2, ga = gh ⊙ act'(a), gb1 = Σ ga, gw1 = gaᵀ xs,
+// Saved for backward: xs, h and g (activation memory O(N · d_ff)); a lives one block at a time;
+// nothing of size T × E × C.
+// Backward: gb2 = Σ gys, gw2 = gysᵀ h, gh = gys w2, ga = gh ⊙ g, gb1 = Σ ga, gw1 = gaᵀ xs,
 // gxs = ga w1 — six GEMMs per expert in all, forward included.
 #pragma once
 
