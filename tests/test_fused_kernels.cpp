@@ -72,10 +72,13 @@ TEST(HashDropout, NeighboursAndKeysAreIndependent) {
   const double p = 0.3, q = 1 - p;
   at::Tensor a = kernels::dropout_keep_mask(n, p, 7).to(at::kDouble);
   at::Tensor b = kernels::dropout_keep_mask(n, p, 8).to(at::kDouble);
-  // Adjacent elements both kept: q² of the n − 1 pairs; two keys agree on p² + q² of elements.
-  const double pairs = (a.slice(0, 0, n - 1) * a.slice(0, 1)).sum().item<double>();
+  // Elements i and i + s both kept: q² of the n − s pairs. s = 64: the two 16-bit halves of one
+  // hash. Two keys agree on p² + q² of the elements.
+  for (int64_t s : {1, 64, 128}) {
+    const double pairs = (a.slice(0, 0, n - s) * a.slice(0, s)).sum().item<double>();
+    EXPECT_LT(std::abs(pairs - (n - s) * q * q), 5 * std::sqrt(n * q * q * (1 - q * q))) << "s = " << s;
+  }
   const double agree = a.eq(b).sum().item<double>();
-  EXPECT_LT(std::abs(pairs - (n - 1) * q * q), 5 * std::sqrt(n * q * q * (1 - q * q)));
   const double r = p * p + q * q;
   EXPECT_LT(std::abs(agree - n * r), 5 * std::sqrt(n * r * (1 - r)));
 }
@@ -94,6 +97,16 @@ TEST(HashDropout, AppliesTheMaskOfItsKeyAndScales) {
   at::Tensor flat = x.reshape({-1}).contiguous(), part = at::empty({100});
   kernels::apply_dropout_mask(flat.data_ptr<float>() + 500, part.data_ptr<float>(), 100, 500, p, key);
   EXPECT_TRUE(at::equal(part, y.reshape({-1}).slice(0, 500, 600)));
+}
+
+TEST(HashDropout, KeptValuesAreScaledByTheInverseOfTheQuantisedKeepRate) {
+  // p = 0.3 is drawn at 16 bits: t = round(0.3 · 65536) = 19661 of 65536 dropped, so kept values
+  // are x · 65536 / 45875 (not x / 0.7), which makes E[y] = x exactly.
+  at::Tensor x = at::ones({4096});
+  at::Tensor y = kernels::dropout(x, 0.3, true, make_generator(9));
+  at::Tensor kept = y.masked_select(y.ne(0));
+  EXPECT_TRUE(at::allclose(kept, at::full_like(kept, 65536.0 / 45875.0), 1e-7, 0));
+  EXPECT_GT(kept.numel(), 0);
 }
 
 TEST(HashDropout, IdentityWhenOffAndRejectsBadP) {

@@ -89,20 +89,26 @@ at::Tensor backward_kernel(const at::Tensor& qkv, const at::Tensor& probs, const
   at::Tensor dqkv = at::empty_like(qkv);  // every element written: each task owns its slices
   T* dx = dqkv.data_ptr<T>();
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dropped(drop.on ? L * L : 0), dS(L * L);
+    // With dropout, the mask's factors (0 or the keep scale) are hashed once per (b, h) and
+    // applied twice: to P for dV and to dS.
+    const int64_t masked = drop.on ? L * L : 0;
+    std::vector<T> ones(masked, T(1)), keep(masked), dropped(masked), dS(L * L);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const int64_t row0 = b * L * 3 * d + h * dh;  // Q of (b, h); K at +d, V at +2d
       const T* P = P_all + s.probs_offset(bh);
       const T* W = P;
       if (drop.on) {
-        apply_dropout_mask(P, dropped.data(), L * L, s.probs_offset(bh), drop.p, drop.key);
+        apply_dropout_mask(ones.data(), keep.data(), L * L, s.probs_offset(bh), drop.p, drop.key);
+        for (int64_t j = 0; j < L * L; ++j) dropped[j] = P[j] * keep[j];
         W = dropped.data();
       }
       const T* dO = g + b * L * d + h * dh;
       gemm(false, true, L, L, dh, T(1), dO, d, x + row0 + 2 * d, 3 * d, T(0), dS.data(), L);  // dW
       gemm(true, false, L, dh, L, T(1), W, L, dO, d, T(0), dx + row0 + 2 * d, 3 * d);        // dV
-      if (drop.on) apply_dropout_mask(dS.data(), dS.data(), L * L, s.probs_offset(bh), drop.p, drop.key);
+      if (drop.on) {
+        for (int64_t j = 0; j < L * L; ++j) dS[j] *= keep[j];
+      }
       for (int64_t i = 0; i < L; ++i) {  // softmax backward, scaled
         T* r = dS.data() + i * L;
         const T* p = P + i * L;

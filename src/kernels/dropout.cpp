@@ -1,10 +1,13 @@
 #include "xmoe/kernels/dropout.h"
 
+#include "vec_math.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <stdexcept>
@@ -22,7 +25,7 @@ constexpr int64_t kDropoutGrain = 1 << 14;  // elements per task: a few µs of h
 
 // Chris Wellons' "lowbias32" integer mixer (hash-prospector): full avalanche on 32 bits in
 // five cheap operations, all of which AVX2 vectorises (vpmulld, shifts, xor).
-inline uint32_t mix32(uint32_t x) {
+XMOE_VEC_INLINE uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -33,7 +36,9 @@ inline uint32_t mix32(uint32_t x) {
 
 // The per-element draw: the counter is the low 32 bits of the index; the high bits are folded
 // into k1 by the caller, so tensors over 2³² elements get distinct masks too.
-inline uint32_t draw(uint32_t counter, uint32_t k0, uint32_t k1) { return mix32(mix32(counter + k0) ^ k1); }
+XMOE_VEC_INLINE uint32_t draw(uint32_t counter, uint32_t k0, uint32_t k1) {
+  return mix32(mix32(counter + k0) ^ k1);
+}
 
 struct Keys {
   uint32_t k0, k1;
@@ -43,29 +48,60 @@ Keys keys_for(uint64_t key, uint64_t high) {
   return {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32) ^ mix32(static_cast<uint32_t>(high))};
 }
 
+// Draws are 16 bits: p is rounded to t / 2¹⁶, t = ⌊p · 2¹⁶⌉, and a kept element is scaled by
+// 2¹⁶ / (2¹⁶ − t), the exact inverse of the keep rate, so E[y] = x.
 uint32_t drop_threshold(double p) {
-  const double t = std::nearbyint(p * 4294967296.0);
-  return t >= 4294967295.0 ? 0xffffffffU : static_cast<uint32_t>(t);
+  return static_cast<uint32_t>(std::min(65536.0, std::nearbyint(p * 65536.0)));
+}
+
+double keep_scale(uint32_t threshold) { return 65536.0 / (65536.0 - threshold); }
+
+// One 32-bit hash gives two 16-bit draws. Counters are taken in chunks of 128: element c with
+// o = c mod 128 uses hash number (c / 128) · 64 + o mod 64, its low half when o < 64 and its
+// high half otherwise. A whole chunk is then three plain loops (64 hashes, 64 + 64 elements)
+// that vectorise; only a slice's ragged ends go element by element.
+constexpr uint32_t kChunk = 128, kHalf = kChunk / 2;
+
+XMOE_VEC_INLINE uint32_t draw16(uint32_t c, Keys k) {
+  const uint32_t h = draw(((c / kChunk) * kHalf) | (c % kHalf), k.k0, k.k1);
+  return (c % kChunk) < kHalf ? h & 0xffffu : h >> 16;
 }
 
 // out[i] = keep(i) ? in[i] · scale : 0 for i in [0, n), counters start at `first`.
 template <typename T>
-inline void masked_scale(const T* in, T* out, int64_t n, uint32_t first, Keys k, uint32_t threshold,
-                         T scale) {
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t h = draw(first + static_cast<uint32_t>(j), k.k0, k.k1);
-    const T factor = h >= threshold ? scale : T(0);  // a select, not a branch: vectorises
-    out[j] = in[j] * factor;
+XMOE_VEC_INLINE void masked_scale(const T* in, T* out, int64_t n, uint32_t first, Keys k,
+                                  uint32_t threshold, T scale) {
+  auto one = [&](int64_t j) {
+    out[j] = in[j] * (draw16(first + static_cast<uint32_t>(j), k) >= threshold ? scale : T(0));
+  };
+  int64_t j = 0;
+  for (; j < n && (first + static_cast<uint32_t>(j)) % kChunk != 0; ++j) one(j);
+  uint32_t h[kHalf];
+  for (; j + kChunk <= n; j += kChunk) {
+    const uint32_t base = (first + static_cast<uint32_t>(j)) / kChunk * kHalf;
+    for (uint32_t l = 0; l < kHalf; ++l) h[l] = draw(base + l, k.k0, k.k1);
+    const T* x = in + j;
+    T* y = out + j;
+    // selects, not branches
+    for (uint32_t l = 0; l < kHalf; ++l) y[l] = x[l] * ((h[l] & 0xffffu) >= threshold ? scale : T(0));
+    for (uint32_t l = 0; l < kHalf; ++l) y[kHalf + l] = x[kHalf + l] * ((h[l] >> 16) >= threshold ? scale : T(0));
   }
+  for (; j < n; ++j) one(j);
 }
 
-// The float32 loop is the hot one: compiled for AVX2 and for the baseline ISA, picked at load
-// time, so the binary stays portable.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
+// The float32 loop is the hot one: it also has a copy compiled for AVX2, chosen at run time.
+#if XMOE_X86_DISPATCH
+XMOE_TARGET_AVX2_FMA void masked_scale_f32_avx2(const float* in, float* out, int64_t n, uint32_t first,
+                                                Keys k, uint32_t threshold, float scale) {
+  masked_scale(in, out, n, first, k, threshold, scale);
+}
 #endif
+
 void masked_scale_f32(const float* in, float* out, int64_t n, uint32_t first, Keys k,
                       uint32_t threshold, float scale) {
+#if XMOE_X86_DISPATCH
+  if (detail::cpu_has_avx2_fma()) return masked_scale_f32_avx2(in, out, n, first, k, threshold, scale);
+#endif
   masked_scale(in, out, n, first, k, threshold, scale);
 }
 
@@ -77,7 +113,7 @@ void masked_scale_f64(const double* in, double* out, int64_t n, uint32_t first, 
 template <typename T>
 void apply_mask_slice(const T* in, T* out, int64_t n, int64_t first, double p, uint64_t key) {
   const uint32_t threshold = drop_threshold(p);
-  const double scale = 1.0 / (1.0 - p);
+  const double scale = keep_scale(threshold);
   // Split at multiples of 2³² so each piece has one high word.
   int64_t begin = first;
   const int64_t end = first + n;

@@ -1,9 +1,11 @@
 // Inverted dropout with a counter-based mask, for training on CPU.
 //
-//   y = x ⊙ m / (1 − p),   m_i = [ h(key, i) ≥ ⌊p · 2³²⌉ ],   i = flat element index
+//   y = x ⊙ m · 2¹⁶ / (2¹⁶ − t),   m_i = [ h(key, i) ≥ t ],   t = ⌊p · 2¹⁶⌉,   i = flat element index
 //
-// h is a 32-bit integer hash of the element index and a per-call 64-bit key (two rounds of
-// the "lowbias32" mixer). Why not at::dropout: LibTorch's CPU bernoulli_ draws one mt19937 value
+// h is a 16-bit draw: one half of a 32-bit integer hash of the element index and a per-call
+// 64-bit key (two rounds of the "lowbias32" mixer; each hash serves two elements). p is thus
+// rounded to a multiple of 2⁻¹⁶ (p < 2⁻¹⁷ drops nothing), and the scale is the exact inverse of
+// the rounded keep rate, so E[y] = x. Why not at::dropout: LibTorch's CPU bernoulli_ draws one mt19937 value
 // per element on one thread, 8-13 % of a training step here (docs/performance.md); the hash runs
 // vectorised on every core, and backward regenerates the mask from the key instead of storing it.
 //
@@ -29,7 +31,7 @@ at::Tensor dropout(const at::Tensor& x, double p, bool train,
 /// the key of one dropout call.
 uint64_t draw_dropout_key(c10::optional<at::Generator> generator = c10::nullopt);
 
-/// out[j] = in[j] · keep(first + j) / (1 − p) for j in [0, n), on the calling thread: dropout()'s
+/// out[j] = in[j] · keep(first + j) · scale for j in [0, n), on the calling thread: dropout()'s
 /// mask for the flat elements [first, first + n) of a tensor, for kernels that fuse dropout
 /// (kernels::attention). `in` and `out` may be the same buffer.
 void apply_dropout_mask(const float* in, float* out, int64_t n, int64_t first, double p, uint64_t key);
