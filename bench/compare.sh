@@ -3,20 +3,23 @@
 #   xmoe (fast path), xmoe (reference path), the Python PyTorch peers (bench/peers.py) at their
 #   best thread count, and the bare GEMM limit (same expert GEMMs as plain sgemm calls),
 # then a table with the ratios. Usage:
-#   bench/compare.sh [--tokens 8192] [--d-model 512] [--d-ff 2048] [--iters 3]
+#   bench/compare.sh [--tokens 8192] [--d-model 512] [--d-ff 2048] [--iters 3] [--repeats 1]
 #                    [--configs "1:8 2:8 1:64 2:64 1:128"]   (top_k:experts pairs)
+# --repeats R runs the whole sweep R times, one after another, and keeps each implementation's
+# best cell: every row gets the same number of tries, so a disturbed run costs no one the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every row runs with the heap setting xmoe applies to itself (include/xmoe/util/heap.h): large
 # freed blocks stay mapped, so no implementation pays page faults for buffers it re-allocates.
 export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
-tokens=8192 d_model=512 d_ff=2048 iters=3 configs="1:8 2:8 1:64 2:64 1:128"
+tokens=8192 d_model=512 d_ff=2048 iters=3 repeats=1 configs="1:8 2:8 1:64 2:64 1:128"
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokens) tokens=$2; shift 2 ;;
     --d-model) d_model=$2; shift 2 ;;
     --d-ff) d_ff=$2; shift 2 ;;
     --iters) iters=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -28,24 +31,28 @@ threads=$(nproc)
 out=$(mktemp)
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}" >&2
 echo "libblas.so.3 -> $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)" >&2
-for cfg in $configs; do
-  k=${cfg%%:*} e=${cfg##*:}
-  common="--tokens $tokens --d-model $d_model --d-ff $d_ff --experts $e --top-k $k --iters $iters"
-  for t in 1 "$threads"; do
-    ./build/xmoe --threads "$t" bench layer $common --path fast | sed 's/^/xmoe_fast /' >>"$out"
-    ./build/xmoe --threads "$t" bench layer $common --path reference | sed 's/^/xmoe_reference /' >>"$out"
-    /usr/bin/python3 bench/peers.py $common --threads "$t" | sed 's/^/python /' >>"$out"
+for ((rep = 1; rep <= repeats; rep++)); do
+  for cfg in $configs; do
+    k=${cfg%%:*} e=${cfg##*:}
+    common="--tokens $tokens --d-model $d_model --d-ff $d_ff --experts $e --top-k $k --iters $iters"
+    for t in 1 "$threads"; do
+      ./build/xmoe --threads "$t" bench layer $common --path fast | sed 's/^/xmoe_fast /' >>"$out"
+      ./build/xmoe --threads "$t" bench layer $common --path reference | sed 's/^/xmoe_reference /' >>"$out"
+      /usr/bin/python3 bench/peers.py $common --threads "$t" | sed 's/^/python /' >>"$out"
+    done
+    echo "done: top_k=$k experts=$e (repeat $rep of $repeats)" >&2
   done
-  echo "done: top_k=$k experts=$e" >&2
 done
 /usr/bin/python3 - "$out" <<'PY'
 import collections, json, sys
 rows = collections.defaultdict(dict)   # (k, e) -> name -> best record
+tries = collections.defaultdict(list)  # (k, e, name, threads) -> tokens/s of every repeat
 for line in open(sys.argv[1]):
     kind, payload = line.split(" ", 1)
     r = json.loads(payload)
     name = r["peer"] if kind == "python" else kind
     key = (r["top_k"], r["experts"])
+    tries[key + (name, r["threads"])].append(r["tokens_per_s"])
     best = rows[key].get(name)
     if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
         rows[key][name] = r
@@ -71,5 +78,16 @@ for key in sorted(rows):
     print("%-8s%16.2f%16.2f%16.2f%16.2f%16.3f" % ("%d:%d" % key, fast / r["gemm_limit"]["tokens_per_s"],
           fast / best_py, fast / r["fairseq"]["tokens_per_s"], fast / r["xmoe_reference"]["tokens_per_s"],
           r["xmoe_fast"]["routing_share"]))
+if max(len(v) for v in tries.values()) > 1:
+    print()
+    print("range over repeats, at each cell's best thread count (tokens/s)")
+    print("%-8s" % "k:E" + "".join("%18s" % n for n in names))
+    for key in sorted(rows):
+        cells = []
+        for n in names[1:]:
+            r = rows[key].get(n)
+            v = tries.get(key + (n, r["threads"])) if r else None
+            cells.append("%18s" % ("-" if not v else "%.0f-%.0f" % (min(v), max(v))))
+        print("%-8s" % ("%d:%d" % key) + "%18s" % "" + "".join(cells))
 PY
 rm -f "$out"
