@@ -50,23 +50,12 @@ XMOE_VEC_INLINE void gelu_with_derivative_loop(const float* a, float* h, float* 
   }
 }
 
-XMOE_VEC_INLINE void gelu_backward_loop(const float* gh, const float* a, float* ga, int64_t n) {
-  constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-  for (int64_t i = 0; i < n; ++i) {
-    const CdfAndGauss c = cdf_and_gauss(a[i]);
-    ga[i] = gh[i] * (c.cdf + a[i] * kInvSqrt2Pi * c.gauss);
-  }
-}
-
 #if XMOE_X86_DISPATCH
 XMOE_TARGET_AVX2_FMA void gelu_forward_avx2(const float* a, float* h, int64_t n) {
   gelu_forward_loop(a, h, n);
 }
 XMOE_TARGET_AVX2_FMA void gelu_with_derivative_avx2(const float* a, float* h, float* g, int64_t n) {
   gelu_with_derivative_loop(a, h, g, n);
-}
-XMOE_TARGET_AVX2_FMA void gelu_backward_avx2(const float* gh, const float* a, float* ga, int64_t n) {
-  gelu_backward_loop(gh, a, ga, n);
 }
 #endif
 
@@ -84,13 +73,6 @@ void gelu_with_derivative_span(const float* a, float* h, float* g, int64_t n) {
   gelu_with_derivative_loop(a, h, g, n);
 }
 
-void gelu_backward_span(const float* gh, const float* a, float* ga, int64_t n) {
-#if XMOE_X86_DISPATCH
-  if (detail::cpu_has_avx2_fma()) return gelu_backward_avx2(gh, a, ga, n);
-#endif
-  gelu_backward_loop(gh, a, ga, n);
-}
-
 void gelu_forward_span(const double* a, double* h, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] = a[i] * 0.5 * std::erfc(-a[i] * M_SQRT1_2);
 }
@@ -101,14 +83,6 @@ void gelu_with_derivative_span(const double* a, double* h, double* g, int64_t n)
     const double cdf = 0.5 * std::erfc(-a[i] * M_SQRT1_2);
     h[i] = a[i] * cdf;
     g[i] = cdf + a[i] * inv_sqrt_2pi * std::exp(-0.5 * a[i] * a[i]);
-  }
-}
-
-void gelu_backward_span(const double* gh, const double* a, double* ga, int64_t n) {
-  const double inv_sqrt_2pi = 0.5 * M_2_SQRTPI * M_SQRT1_2;
-  for (int64_t i = 0; i < n; ++i) {
-    const double cdf = 0.5 * std::erfc(-a[i] * M_SQRT1_2);
-    ga[i] = gh[i] * (cdf + a[i] * inv_sqrt_2pi * std::exp(-0.5 * a[i] * a[i]));
   }
 }
 
@@ -136,18 +110,6 @@ void forward_with_derivative_into(const at::Tensor& a, at::Tensor& h, at::Tensor
   });
 }
 
-at::Tensor backward_of(const at::Tensor& grad_h, const at::Tensor& a) {
-  at::Tensor gh = grad_h.contiguous();
-  at::Tensor ga = at::empty_like(a);
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "xmoe::kernels::gelu backward", [&] {
-    const scalar_t *g = gh.data_ptr<scalar_t>(), *x = a.data_ptr<scalar_t>();
-    scalar_t* out = ga.data_ptr<scalar_t>();
-    at::parallel_for(0, a.numel(), kGeluGrain,
-                     [&](int64_t b, int64_t e) { gelu_backward_span(g + b, x + b, out + b, e - b); });
-  });
-  return ga;
-}
-
 // Saves gelu'(x) instead of x: it costs forward a few multiply-adds on the e^(−x²/2) it computes
 // anyway, and turns backward into one multiply (the erf and exp were most of its time).
 struct Gelu : torch::autograd::Function<Gelu> {
@@ -167,17 +129,13 @@ struct Gelu : torch::autograd::Function<Gelu> {
 
 at::Tensor gelu(const at::Tensor& x) {
   if (!handled(x)) return at::gelu(x);
-  return Gelu::apply(x.contiguous());
-}
-
-void gelu_out(const at::Tensor& a, at::Tensor& h) {
-  TORCH_CHECK(a.sizes() == h.sizes() && a.scalar_type() == h.scalar_type(),
-              "xmoe::kernels::gelu_out: output ", h.sizes(), " does not match input ", a.sizes());
-  if (!handled(a) || !a.is_contiguous() || !h.is_contiguous() || !h.device().is_cpu()) {
-    at::gelu_out(h, a);
-    return;
+  if (!(at::GradMode::is_enabled() && x.requires_grad())) {  // nothing will call backward
+    at::Tensor in = x.contiguous();
+    at::Tensor h = at::empty_like(in);
+    forward_into(in, h);
+    return h;
   }
-  forward_into(a, h);
+  return Gelu::apply(x.contiguous());
 }
 
 void gelu_with_derivative_out(const at::Tensor& a, at::Tensor& h, at::Tensor& g) {
@@ -192,15 +150,6 @@ void gelu_with_derivative_out(const at::Tensor& a, at::Tensor& h, at::Tensor& g)
     return;
   }
   forward_with_derivative_into(a, h, g);
-}
-
-at::Tensor gelu_backward(const at::Tensor& grad_h, const at::Tensor& a) {
-  TORCH_CHECK(grad_h.sizes() == a.sizes(), "xmoe::kernels::gelu_backward: gradient ", grad_h.sizes(),
-              " does not match input ", a.sizes());
-  if (!handled(a) || grad_h.scalar_type() != a.scalar_type() || !grad_h.device().is_cpu()) {
-    return at::gelu_backward(grad_h, a);
-  }
-  return backward_of(grad_h, a.contiguous());
 }
 
 }  // namespace xmoe::kernels

@@ -58,7 +58,6 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
     });
     ctx->save_for_backward({xs, w1, w2, slope, h});
     ctx->saved_data["offsets"] = offsets;
-    ctx->saved_data["activation"] = activation;
     return ys;
   }
 
