@@ -62,6 +62,21 @@ TEST(DataPacking, HandComputed) {
   EXPECT_EQ(q.length(0), 5);
   EXPECT_EQ(q.length(1), 5);
   EXPECT_EQ(pack_lines(EncodedLines(), 8, 2, 3).size(), 0);
+  // kFill: the same two lines, the second split to fill the first sequence.
+  //   [CLS] a1 a2 a3 [SEP] b1 b2 [SEP]   [CLS] b3 [SEP]
+  const PackedSequences f = pack_lines(two, 8, 2, 3, LinePacking::kFill);
+  ASSERT_EQ(f.size(), 2);
+  EXPECT_EQ(std::vector<int32_t>(f.data(0), f.data(0) + f.length(0)),
+            (std::vector<int32_t>{2, 11, 12, 13, 3, 21, 22, 3}));
+  EXPECT_EQ(std::vector<int32_t>(f.data(1), f.data(1) + f.length(1)), (std::vector<int32_t>{2, 23, 3}));
+  EXPECT_EQ(parse_line_packing("fill"), LinePacking::kFill);
+  EXPECT_EQ(parse_line_packing("whole"), LinePacking::kWhole);
+  try {
+    parse_line_packing("dense");
+    ADD_FAILURE() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_TRUE(Contains(e.what(), "known: whole, fill"));
+  }
 }
 
 TEST(DataPacking, KeepsEveryTokenOnceInOrder) {
@@ -76,21 +91,29 @@ TEST(DataPacking, KeepsEveryTokenOnceInOrder) {
     all.insert(all.end(), line.begin(), line.end());
     lines.append_line(line);
   }
-  for (int64_t max_len : {3, 4, 16, 37, 100}) {
-    const PackedSequences p = pack_lines(lines, max_len, 2, 3);
-    std::vector<int32_t> content;
-    for (int64_t i = 0; i < p.size(); ++i) {
-      ASSERT_LE(p.length(i), max_len);
-      ASSERT_GE(p.length(i), 3);
-      EXPECT_EQ(p.data(i)[0], 2);
-      EXPECT_EQ(p.data(i)[p.length(i) - 1], 3);
-      EXPECT_NE(p.data(i)[1], 3);  // at least one regular token before the first [SEP]
-      for (int64_t j = 1; j < p.length(i); ++j) {
-        if (p.data(i)[j] != 3) content.push_back(p.data(i)[j]);
+  for (LinePacking packing : {LinePacking::kWhole, LinePacking::kFill}) {
+    for (int64_t max_len : {3, 4, 16, 37, 100}) {
+      const PackedSequences p = pack_lines(lines, max_len, 2, 3, packing);
+      std::vector<int32_t> content;
+      for (int64_t i = 0; i < p.size(); ++i) {
+        ASSERT_LE(p.length(i), max_len);
+        ASSERT_GE(p.length(i), 3);
+        // kFill leaves at most one slot free (no room for a token and its [SEP]), but in the last.
+        if (packing == LinePacking::kFill && i + 1 < p.size()) {
+          ASSERT_GE(p.length(i), max_len - 1);
+        }
+        EXPECT_EQ(p.data(i)[0], 2);
+        EXPECT_EQ(p.data(i)[p.length(i) - 1], 3);
+        EXPECT_NE(p.data(i)[1], 3);  // at least one regular token before the first [SEP]
+        for (int64_t j = 1; j < p.length(i); ++j) {
+          if (p.data(i)[j] != 3) content.push_back(p.data(i)[j]);
+        }
       }
+      EXPECT_EQ(content, all) << "max_len " << max_len;
     }
-    EXPECT_EQ(content, all) << "max_len " << max_len;
   }
+  // Filling packs the same tokens into fewer sequences.
+  EXPECT_LT(pack_lines(lines, 37, 2, 3, LinePacking::kFill).size(), pack_lines(lines, 37, 2, 3).size());
   EXPECT_THROW(pack_lines(lines, 2, 2, 3), std::invalid_argument);
 }
 

@@ -117,7 +117,7 @@ MlmDataset::MlmDataset(const Tokenizer& tokenizer, MlmDatasetOptions options)
                                   cache_file(cache_dir, options_.split(), language, path), &cached);
     line_counts_.push_back(lines.n_nonempty_lines());
     sequences_.push_back(
-        pack_lines(lines, options_.max_len(), Tokenizer::kClsId, Tokenizer::kSepId));
+        pack_lines(lines, options_.max_len(), Tokenizer::kClsId, Tokenizer::kSepId, options_.packing()));
     from_cache_.push_back(cached);
   }
   const bool any = std::any_of(line_counts_.begin(), line_counts_.end(),

@@ -6,8 +6,14 @@
 
 namespace xmoe {
 
+LinePacking parse_line_packing(const std::string& name) {
+  if (name == "whole") return LinePacking::kWhole;
+  if (name == "fill") return LinePacking::kFill;
+  throw std::invalid_argument("unknown line packing '" + name + "' (known: whole, fill)");
+}
+
 PackedSequences pack_lines(const EncodedLines& lines, int64_t max_len, int32_t cls_id,
-                           int32_t sep_id) {
+                           int32_t sep_id, LinePacking packing) {
   if (max_len < 3) {
     throw std::invalid_argument("xmoe::pack_lines: max_len = " + std::to_string(max_len) +
                                 " must be >= 3 ([CLS], one token, [SEP])");
@@ -29,7 +35,8 @@ PackedSequences pack_lines(const EncodedLines& lines, int64_t max_len, int32_t c
     const int64_t n = lines.line_length(i);
     if (n == 0) continue;
     const int32_t* line = lines.ids.data() + lines.offsets[static_cast<size_t>(i)];
-    if (current > 0 && current + n + 1 > max_len) close();  // does not fit the rest
+    // Does not fit the rest: kWhole starts the next sequence, kFill splits the line below.
+    if (packing == LinePacking::kWhole && current > 0 && current + n + 1 > max_len) close();
     int64_t pos = 0;
     while (pos < n) {
       if (current == 0) open();
@@ -38,7 +45,7 @@ PackedSequences pack_lines(const EncodedLines& lines, int64_t max_len, int32_t c
       out.ids.push_back(sep_id);
       current += take + 1;
       pos += take;
-      if (pos < n) close();  // a long line continues in the next sequence
+      if (pos < n) close();  // the line continues in the next sequence
     }
     if (current + 2 > max_len) close();  // no room for another token and its [SEP]
   }

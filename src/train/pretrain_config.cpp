@@ -104,6 +104,14 @@ Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
     return "must be in " + range.str();
   };
 }
+Check<std::string> one_of(std::vector<std::string> allowed) {
+  return [allowed](const std::string& v) {
+    if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return std::string();
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    return "must be one of " + list;
+  };
+}
 Check<std::string> not_empty() {
   return [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; };
 }
@@ -117,6 +125,7 @@ const std::vector<Field>& fields() {
       field("data", "tokenizer", &P::data, &DataConfig::tokenizer, not_empty()),
       field("data", "languages", &P::data, &DataConfig::languages),
       field("data", "max_len", &P::data, &DataConfig::max_len, at_least(3)),
+      field("data", "packing", &P::data, &DataConfig::packing, one_of({"whole", "fill"})),
       field("data", "batch_tokens", &P::data, &DataConfig::batch_tokens, at_least(3)),
       field("data", "alpha", &P::data, &DataConfig::alpha, in_range(0, 1, true, false)),
       field("data", "mask_prob", &P::data, &DataConfig::mask_prob, in_range(0, 1, true, false)),

@@ -45,7 +45,12 @@ EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size)
 MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::string& split) {
   const DataConfig& d = config.data;
   MlmDatasetOptions o(d.corpus, split);
-  o.languages(d.languages).max_len(d.max_len).max_tokens(d.batch_tokens).alpha(d.alpha).mask_prob(d.mask_prob);
+  o.languages(d.languages)
+      .max_len(d.max_len)
+      .packing(parse_line_packing(d.packing))
+      .max_tokens(d.batch_tokens)
+      .alpha(d.alpha)
+      .mask_prob(d.mask_prob);
   if (split == "train") return o.seed(config.train.seed).shuffle(true);
   // Evaluation masks do not depend on the run's seed: runs that differ only in seed are
   // measured on the same masked positions.

@@ -48,6 +48,8 @@ struct MlmDatasetOptions {
   TORCH_ARG(std::vector<std::string>, languages) = {};
   /// Longest packed sequence, [CLS] and [SEP]s included (>= 3).
   TORCH_ARG(int64_t, max_len) = 512;
+  /// Where a line that does not fit the rest of a sequence goes (packing.h).
+  TORCH_ARG(LinePacking, packing) = LinePacking::kWhole;
   /// Upper bound on B · L of a batch (>= max_len, so any sequence fits).
   TORCH_ARG(int64_t, max_tokens) = 8192;
   /// Exponent a of the language sampling, in (0, 1].

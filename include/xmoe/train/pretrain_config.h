@@ -23,6 +23,7 @@ struct DataConfig {
   std::string tokenizer;         // SentencePiece model file
   std::vector<std::string> languages;  // empty = every language of the corpus
   int64_t max_len = 128;         // packed sequence length
+  std::string packing = "whole"; // "whole" | "fill": a line that does not fit (packing.h)
   int64_t batch_tokens = 4096;   // B · L bound of one batch
   double alpha = 0.7;            // language sampling exponent
   double mask_prob = 0.15;
