@@ -83,16 +83,21 @@ XMOE_VEC_INLINE void masked_scale(const T* in, T* out, int64_t n, uint32_t first
     const T* x = in + j;
     T* y = out + j;
     // selects, not branches
-    for (uint32_t l = 0; l < kHalf; ++l) y[l] = x[l] * ((h[l] & 0xffffu) >= threshold ? scale : T(0));
-    for (uint32_t l = 0; l < kHalf; ++l) y[kHalf + l] = x[kHalf + l] * ((h[l] >> 16) >= threshold ? scale : T(0));
+    for (uint32_t l = 0; l < kHalf; ++l) {
+      y[l] = x[l] * ((h[l] & 0xffffu) >= threshold ? scale : T(0));
+    }
+    for (uint32_t l = 0; l < kHalf; ++l) {
+      y[kHalf + l] = x[kHalf + l] * ((h[l] >> 16) >= threshold ? scale : T(0));
+    }
   }
   for (; j < n; ++j) one(j);
 }
 
 // The float32 loop is the hot one: it also has a copy compiled for AVX2, chosen at run time.
 #if XMOE_X86_DISPATCH
-XMOE_TARGET_AVX2_FMA void masked_scale_f32_avx2(const float* in, float* out, int64_t n, uint32_t first,
-                                                Keys k, uint32_t threshold, float scale) {
+XMOE_TARGET_AVX2_FMA void masked_scale_f32_avx2(const float* in, float* out, int64_t n,
+                                                uint32_t first, Keys k, uint32_t threshold,
+                                                float scale) {
   masked_scale(in, out, n, first, k, threshold, scale);
 }
 #endif

@@ -104,12 +104,16 @@ Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
     return "must be in " + range.str();
   };
 }
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
 Check<std::string> one_of(std::vector<std::string> allowed) {
   return [allowed](const std::string& v) {
     if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return std::string();
-    std::string list;
-    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    return "must be one of " + list;
+    return "must be one of " + join(allowed);
   };
 }
 Check<std::string> not_empty() {
@@ -166,12 +170,6 @@ const std::vector<std::string>& sections() {
   static const std::vector<std::string> names = {"data", "model", "train", "log", "eval",
                                                  "checkpoint"};
   return names;
-}
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
-  return out;
 }
 
 // --set a.b=value: value is JSON, or a plain string when it does not parse as JSON.
