@@ -1,13 +1,15 @@
 // Inverted dropout with a counter-based mask, for training on CPU.
 //
-//   y = x ⊙ m · 2¹⁶ / (2¹⁶ − t),   m_i = [ h(key, i) ≥ t ],   t = ⌊p · 2¹⁶⌉,   i = flat element index
+//   y = x ⊙ m · 2¹⁶ / (2¹⁶ − t),   m_i = [ h(key, i) ≥ t ],   t = ⌊p · 2¹⁶⌉,
+//   i = flat element index
 //
 // h is a 16-bit draw: one half of a 32-bit integer hash of the element index and a per-call
 // 64-bit key (two rounds of the "lowbias32" mixer; each hash serves two elements). p is thus
 // rounded to a multiple of 2⁻¹⁶ (p < 2⁻¹⁷ drops nothing), and the scale is the exact inverse of
-// the rounded keep rate, so E[y] = x. Why not at::dropout: LibTorch's CPU bernoulli_ draws one mt19937 value
-// per element on one thread, 8-13 % of a training step here (docs/performance.md); the hash runs
-// vectorised on every core, and backward regenerates the mask from the key instead of storing it.
+// the rounded keep rate, so E[y] = x. Why not at::dropout: LibTorch's CPU bernoulli_ draws one
+// mt19937 value per element on one thread, 8-13 % of a training step here (docs/performance.md);
+// the hash runs vectorised on every core, and backward regenerates the mask from the key
+// instead of storing it.
 //
 // The key is one random64() draw from the generator (default: the global CPU generator, which
 // the trainer seeds and checkpoints), so a run is reproducible and resumes bit-identically.
