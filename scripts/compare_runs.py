@@ -24,9 +24,12 @@ def last_valid(run):
     return last
 
 
-def number(value):
-    """A metrics value as float: JSON null (an undefined value, e.g. no tokens) becomes NaN."""
-    return float("nan") if value is None else float(value)
+def cell(value, width, digits):
+    """A right-aligned table cell; "-" where the value is undefined (JSON null, e.g. a language
+    without test tokens, or NaN)."""
+    if value is None or not math.isfinite(float(value)):
+        return "-".rjust(width)
+    return f"{float(value):{width}.{digits}f}"
 
 
 def mean(values):
@@ -50,8 +53,8 @@ def main(runs):
     print("Test perplexity (masked LM, lower is better)")
     print("run".ljust(width) + "".join(lang.rjust(8) for lang in languages) + "     all")
     for name, test, _ in rows:
-        cells = "".join(f"{number(test['languages'].get(lang, {}).get('ppl')):8.1f}" for lang in languages)
-        print(name.ljust(width) + cells + f"{number(test['ppl']):8.1f}")
+        cells = "".join(cell(test["languages"].get(lang, {}).get("ppl"), 8, 1) for lang in languages)
+        print(name.ljust(width) + cells + cell(test["ppl"], 8, 1))
     print()
     print("Expert load balance at the last validation (probe tokens; mean over MoE layers)")
     print("run".ljust(width) + "load CV".rjust(10) + "max/mean".rjust(10) + "entropy".rjust(10)
@@ -62,8 +65,9 @@ def main(runs):
             print(name.ljust(width) + "   (dense: no MoE layer)")
             continue
         stat = lambda key: mean([layer.get(key) for layer in layers])
-        print(name.ljust(width) + f"{stat('load_cv'):10.3f}{stat('load_max_over_mean'):10.3f}"
-              f"{stat('load_entropy'):10.3f}{stat('rc_router'):11.3f}{stat('rc_hidden'):11.3f}")
+        print(name.ljust(width) + cell(stat("load_cv"), 10, 3) + cell(stat("load_max_over_mean"), 10, 3)
+              + cell(stat("load_entropy"), 10, 3) + cell(stat("rc_router"), 11, 3)
+              + cell(stat("rc_hidden"), 11, 3))
 
 
 if __name__ == "__main__":
