@@ -2,6 +2,11 @@
 // T ∈ {1k, 8k, 32k}, E ∈ {8, 32, 128}, k ∈ {1, 2}, d ∈ {512, 1024} (d_ff = 4d).
 // Reports tokens/s (items) and achieved expert-GEMM GFLOP/s. Not a test: run by hand, e.g.
 //   ./build/xmoe_bench --benchmark_filter='T:8192/E:8/' --benchmark_min_time=2
+// BM_ExpertBlockGemm times the grouped FFN's three GEMM forms alone on 8192 rows split into
+// blocks of 64 (E = 128) or 1024 (E = 8) rows, each expert with its own weights, spread over
+// the threads as the fast path does (docs/performance.md, E = 8 → E = 128):
+//   ./build/xmoe_bench --benchmark_filter=ExpertBlockGemm
+#include "xmoe/kernels/gemm.h"
 #include "xmoe/moe/moe_layer.h"
 #include "xmoe/util/init.h"
 
@@ -9,7 +14,9 @@
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -38,6 +45,43 @@ void BM_MoELayerForwardBackward(benchmark::State& state) {
 BENCHMARK(BM_MoELayerForwardBackward)
     ->ArgNames({"T", "E", "k", "d"})
     ->ArgsProduct({{1024, 8192, 32768}, {8, 32, 128}, {1, 2}, {512, 1024}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// op 0: forward a = x · w1ᵀ [rows, f]; op 1: input gradient gx = ga · w1 [rows, d];
+// op 2: weight gradient gw1 = gaᵀ · x [f, d] — the forms and operand layouts of grouped_ffn.cpp.
+void BM_ExpertBlockGemm(benchmark::State& state) {
+  const int64_t rows = state.range(0), op = state.range(1), total = 8192, d = 512, f = 2048;
+  const int64_t experts = total / rows;
+  std::vector<int64_t> offsets(experts + 1);
+  for (int64_t e = 0; e <= experts; ++e) offsets[e] = e * rows;
+  at::Generator gen = xmoe::make_generator(3);
+  const at::Tensor x = at::empty({total, d}).normal_(0, 1, gen);
+  const at::Tensor ga = at::empty({total, f}).normal_(0, 1, gen);
+  const at::Tensor w1 = at::empty({experts, f, d}).normal_(0, 0.02, gen);
+  at::Tensor out = at::empty({op == 2 ? experts * f * d : total * std::max(d, f)});
+  const float *xp = x.data_ptr<float>(), *gp = ga.data_ptr<float>(), *wp = w1.data_ptr<float>();
+  float* op_out = out.data_ptr<float>();
+  for (auto _ : state) {
+    xmoe::kernels::for_each_expert_block(offsets, 2 * d * f, [&](int64_t e, int64_t r0, int64_t n) {
+      const float* w = wp + e * f * d;
+      if (op == 0) {
+        xmoe::kernels::sgemm(false, true, n, f, d, 1.f, xp + r0 * d, d, w, d, 0.f, op_out + r0 * f, f);
+      } else if (op == 1) {
+        xmoe::kernels::sgemm(false, false, n, d, f, 1.f, gp + r0 * f, f, w, d, 0.f, op_out + r0 * d, d);
+      } else {
+        xmoe::kernels::sgemm(true, false, f, d, n, 1.f, gp + r0 * f, f, xp + r0 * d, d, 0.f,
+                             op_out + e * f * d, d);
+      }
+    });
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * total * d * f * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_ExpertBlockGemm)
+    ->ArgNames({"rows", "op"})
+    ->ArgsProduct({{64, 1024}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

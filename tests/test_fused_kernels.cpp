@@ -24,7 +24,7 @@
 namespace {
 
 using xmoe::make_generator;
-using xmoe_test::c10_error_message;
+using xmoe_test::error_message;
 using xmoe_test::Contains;
 namespace kernels = xmoe::kernels;
 
@@ -162,7 +162,7 @@ TEST(EmbeddingLookup, GradientMatchesFiniteDifferencesAndBadIdsAreNamed) {
   auto f = [&](const at::Tensor& w) { return kernels::embedding_lookup(w, ids); };
   EXPECT_LT(max_gradient_error(f, normal({5, 3}, 6, at::kDouble)), 1e-7);
   auto bad_id = [] { kernels::embedding_lookup(normal({5, 3}, 6), at::tensor({1, 5}, at::kLong)); };
-  EXPECT_TRUE(Contains(c10_error_message(bad_id), "id 5 is outside the vocabulary [0, 5)"));
+  EXPECT_TRUE(Contains(error_message<c10::Error>(bad_id), "id 5 is outside the vocabulary [0, 5)"));
 }
 
 // ---- attention ---------------------------------------------------------------------------
@@ -398,7 +398,7 @@ TEST(FusedCrossEntropy, GradientMatchesFiniteDifferencesAndBadLabelsAreNamed) {
   auto f = [&](const at::Tensor& z) { return kernels::cross_entropy(z, y); };
   EXPECT_LT(max_gradient_error(f, normal({4, 5}, 54, at::kDouble)), 1e-7);
   auto bad_label = [] { kernels::cross_entropy(normal({2, 5}, 55), at::tensor({1, 5}, at::kLong)); };
-  EXPECT_TRUE(Contains(c10_error_message(bad_label), "label 5 at row 1 is outside the classes [0, 5)"));
+  EXPECT_TRUE(Contains(error_message<c10::Error>(bad_label), "label 5 at row 1 is outside the classes [0, 5)"));
   EXPECT_THROW(kernels::cross_entropy(normal({2, 5}, 55), at::tensor({1}, at::kLong)), c10::Error);
   EXPECT_TRUE(
       std::isnan(kernels::cross_entropy(at::empty({0, 5}), at::empty({0}, at::kLong)).item<double>()));

@@ -95,7 +95,7 @@ TEST(PretrainConfig, EveryErrorNamesTheSourceAndTheKey) {
   EXPECT_TRUE(Contains(error_of(kMinimal, {"train.warmup_steps=11"}), "train.warmup_steps: must be <= train.steps (10)"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.batch_tokens=64"}), "data.batch_tokens: must be >= data.max_len (128)"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.corpus=\"\""}), "data.corpus: must not be empty"));
-  EXPECT_TRUE(Contains(error_of(kMinimal, {"data.packing=tight"}), "data.packing: must be one of whole, fill, got \"tight\""));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"data.packing=tight"}), "data.packing: unknown line packing 'tight' (known: whole, fill), got \"tight\""));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.languages=[\"en\",\"en\"]"}), "data.languages: entries must be non-empty and distinct"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"train=3"}), "train: must be an object"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"name=a/b"}), "name: must be a non-empty name without '/'"));

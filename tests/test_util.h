@@ -74,15 +74,17 @@ inline ::testing::AssertionResult Contains(const std::string& haystack, const st
                                        << haystack;
 }
 
-/// The message of the c10::Error that f throws, or "<no c10::Error thrown>" — so that
-/// EXPECT_TRUE(Contains(c10_error_message(f), "...")) fails when f does not throw.
-inline std::string c10_error_message(const std::function<void()>& f) {
+/// The message of the exception of type E that f throws, or "<nothing thrown>" — so that
+/// EXPECT_TRUE(Contains(error_message<E>(f), "...")) fails when f does not throw. An exception
+/// of another type propagates and fails the test.
+template <typename E>
+std::string error_message(const std::function<void()>& f) {
   try {
     f();
-  } catch (const c10::Error& e) {
+  } catch (const E& e) {
     return e.what();
   }
-  return "<no c10::Error thrown>";
+  return "<nothing thrown>";
 }
 
 }  // namespace xmoe_test

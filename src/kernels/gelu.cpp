@@ -90,22 +90,18 @@ bool handled(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
-void forward_into(const at::Tensor& a, at::Tensor& h) {
+// h = gelu(a), and g = gelu'(a) too when `g` is given; all contiguous, one shape.
+void forward_into(const at::Tensor& a, at::Tensor& h, at::Tensor* g = nullptr) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "xmoe::kernels::gelu", [&] {
     const scalar_t* x = a.data_ptr<scalar_t>();
     scalar_t* out = h.data_ptr<scalar_t>();
-    at::parallel_for(0, a.numel(), kGeluGrain,
-                     [&](int64_t b, int64_t e) { gelu_forward_span(x + b, out + b, e - b); });
-  });
-}
-
-void forward_with_derivative_into(const at::Tensor& a, at::Tensor& h, at::Tensor& g) {
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "xmoe::kernels::gelu_with_derivative", [&] {
-    const scalar_t* x = a.data_ptr<scalar_t>();
-    scalar_t* out = h.data_ptr<scalar_t>();
-    scalar_t* slope = g.data_ptr<scalar_t>();
+    scalar_t* slope = g ? g->data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, a.numel(), kGeluGrain, [&](int64_t b, int64_t e) {
-      gelu_with_derivative_span(x + b, out + b, slope + b, e - b);
+      if (slope) {
+        gelu_with_derivative_span(x + b, out + b, slope + b, e - b);
+      } else {
+        gelu_forward_span(x + b, out + b, e - b);
+      }
     });
   });
 }
@@ -116,7 +112,7 @@ struct Gelu : torch::autograd::Function<Gelu> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
     at::Tensor h = at::empty_like(x);
     at::Tensor slope = at::empty_like(x);
-    forward_with_derivative_into(x, h, slope);
+    forward_into(x, h, &slope);
     ctx->save_for_backward({slope});
     return h;
   }
@@ -149,7 +145,7 @@ void gelu_with_derivative_out(const at::Tensor& a, at::Tensor& h, at::Tensor& g)
     g.copy_(at::gelu_backward(at::ones_like(a), a));
     return;
   }
-  forward_with_derivative_into(a, h, g);
+  forward_into(a, h, &g);
 }
 
 }  // namespace xmoe::kernels

@@ -1,5 +1,6 @@
 #include "xmoe/train/pretrain_config.h"
 
+#include "xmoe/data/packing.h"
 #include "xmoe/io/layer_config.h"
 #include "xmoe/io/safetensors.h"  // FileFormatError
 #include "xmoe/io/strict_json.h"
@@ -104,18 +105,19 @@ Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
     return "must be in " + range.str();
   };
 }
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
-  return out;
-}
-
-Check<std::string> one_of(std::vector<std::string> allowed) {
-  return [allowed](const std::string& v) {
-    if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return std::string();
-    return "must be one of " + join(allowed);
+// Valid when `parse` (one of the library's parse_* functions) accepts the value; else its message.
+template <typename Parse>
+Check<std::string> accepted_by(Parse parse) {
+  return [parse](const std::string& v) {
+    try {
+      parse(v);
+      return std::string();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
   };
 }
+
 Check<std::string> not_empty() {
   return [](const std::string& v) { return v.empty() ? std::string("must not be empty") : ""; };
 }
@@ -129,7 +131,7 @@ const std::vector<Field>& fields() {
       field("data", "tokenizer", &P::data, &DataConfig::tokenizer, not_empty()),
       field("data", "languages", &P::data, &DataConfig::languages),
       field("data", "max_len", &P::data, &DataConfig::max_len, at_least(3)),
-      field("data", "packing", &P::data, &DataConfig::packing, one_of({"whole", "fill"})),
+      field("data", "packing", &P::data, &DataConfig::packing, accepted_by(parse_line_packing)),
       field("data", "batch_tokens", &P::data, &DataConfig::batch_tokens, at_least(3)),
       field("data", "alpha", &P::data, &DataConfig::alpha, in_range(0, 1, true, false)),
       field("data", "mask_prob", &P::data, &DataConfig::mask_prob, in_range(0, 1, true, false)),
@@ -170,6 +172,12 @@ const std::vector<std::string>& sections() {
   static const std::vector<std::string> names = {"data", "model", "train", "log", "eval",
                                                  "checkpoint"};
   return names;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
 }
 
 // --set a.b=value: value is JSON, or a plain string when it does not parse as JSON.
