@@ -111,7 +111,7 @@ void run_bench_layer(const BenchArgs& a) {
   std::vector<double> total(fwd.size());
   for (size_t i = 0; i < fwd.size(); ++i) total[i] = fwd[i] + bwd[i];
   const double fwd_bwd_ms = median(total);
-  const double rows = static_cast<double>(last.plan.n_kept());
+  const double rows = static_cast<double>(last.plan.n_rows());
   const double flops = 12.0 * rows * a.d_model * a.d_ff * a.depth;  // 6 GEMMs of 2·n·d·f
   const double gemm_ms = time_gemm_limit(last.plan.offsets, a.d_model, a.d_ff, a.depth, a.iters);
   nlohmann::json out = {

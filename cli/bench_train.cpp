@@ -52,6 +52,7 @@ struct BenchTrainArgs {
   int64_t steps = 10, warmup = 2, batch_seqs = 0, seq_len = 0, vocab = 8000, profile = 0;
   uint64_t seed = 1;
   bool print_config = false;
+  bool full_last_layer = false;
 };
 
 struct Batch {
@@ -116,7 +117,7 @@ void run_bench_train(const BenchTrainArgs& a) {
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
   EncoderOptions eo = encoder_options(config, a.vocab);
-  eo.max_len(std::max(eo.max_len(), seq_len));
+  eo.max_len(std::max(eo.max_len(), seq_len)).prune_last_layer(!a.full_last_layer);
   MoEEncoder model(eo);
   model->train();
 
@@ -198,6 +199,7 @@ void run_bench_train(const BenchTrainArgs& a) {
       {"step_ms_max", *std::max_element(times.begin(), times.end())},
       {"tokens_per_s", tokens / (step_ms / 1000.0)},
       {"params", params},
+      {"last_layer", a.full_last_layer ? "full" : "labelled positions"},
       {"last_loss", loss},
       {"last_aux_loss", aux},
       {"batch_checksum", checksum},
@@ -221,6 +223,9 @@ void register_bench_train(CLI::App& bench) {
   cmd->add_option("--vocab", args->vocab, "Vocabulary size (no tokenizer is read)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--seed", args->seed, "Seed of the synthetic batches")->capture_default_str();
   cmd->add_option("--profile", args->profile, "Profile this many extra steps: self time per op on stderr")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--full-last-layer", args->full_last_layer,
+                "Run the last layer at every position (as a plain encoder does), not only at the "
+                "labelled ones");
   cmd->add_flag("--print-config", args->print_config, "Print the resolved config (every key) and exit");
   cmd->callback([args] { run_bench_train(*args); });
 }

@@ -105,7 +105,7 @@ void run_layer_forward(const LayerForwardArgs& args) {
     input.set_requires_grad(true);
   }
 
-  MoEOutput out = layer->forward(input, MoEInputs{at::Tensor(), noise});
+  MoEOutput out = layer->forward(input, MoEInputs{at::Tensor(), noise, at::Tensor()});
   TensorMap result;
   result["output"] = out.output.detach();
   result["expert_ids"] = out.routing.expert_ids.detach().to(at::kLong);

@@ -179,7 +179,7 @@ TensorMap reference_forward(const std::string& config_path, const TensorMap& wei
   }
   layer->train(train);
   at::Tensor x = input.clone().requires_grad_(grad_output.defined());
-  xmoe::MoEOutput out = layer->forward(x, xmoe::MoEInputs{at::Tensor(), noise});
+  xmoe::MoEOutput out = layer->forward(x, xmoe::MoEInputs{at::Tensor(), noise, at::Tensor()});
   TensorMap r;
   r["output"] = out.output.detach();
   r["expert_ids"] = out.routing.expert_ids;

@@ -2,6 +2,8 @@
 #include "xmoe/kernels/dispatch_plan.h"
 #include "xmoe/util/init.h"
 
+#include "test_util.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
@@ -185,6 +187,35 @@ TEST(DispatchPlan, InactiveSlotsAreNeitherCountedNorDispatched) {
   EXPECT_EQ(capped.n_active, 8);
   EXPECT_EQ(capped.n_dropped, 3);  // s7, s5, s9
   EXPECT_DOUBLE_EQ(capped.dropped_fraction(), 3.0 / 8.0);
+}
+
+TEST(DispatchPlan, UncomputedTokensKeepCapacityButGetNoRow) {
+  // Tokens t1 and t3 are not computed. With C = 2 they still fill capacity exactly as above
+  // (kept, dropped and counts unchanged), but only t0, t2, t4's kept slots get rows:
+  //   expert 0 keeps s4 (t2), s1 (t0); expert 1 keeps s0 (t0), s2 (t1 → no row);
+  //   expert 2 keeps s8 (t4), s3 (t1 → no row).
+  const at::Tensor computed = at::tensor(std::vector<int64_t>{1, 0, 1, 0, 1}, at::kLong).to(at::kBool);
+  DispatchPlan all = make_dispatch_plan(hand_ids(), at::Tensor(), 4, 2);
+  DispatchPlan some = make_dispatch_plan(hand_ids(), at::Tensor(), 4, 2, computed);
+  EXPECT_TRUE(at::equal(some.kept, all.kept));
+  EXPECT_TRUE(at::equal(some.tokens_per_expert, all.tokens_per_expert));
+  EXPECT_EQ(some.n_dropped, all.n_dropped);
+  EXPECT_EQ(some.n_kept(), all.n_kept());
+  EXPECT_EQ(some.n_skipped, 2);
+  EXPECT_EQ(some.offsets, (std::vector<int64_t>{0, 2, 3, 4, 4}));
+  EXPECT_EQ(some.n_rows(), 4);
+  EXPECT_EQ(vec(some.slot_index), (std::vector<int64_t>{4, 1, 0, 8}));
+  EXPECT_EQ(vec(some.token_index), (std::vector<int64_t>{2, 0, 0, 4}));
+  EXPECT_EQ(vec(some.row_of_slot), (std::vector<int64_t>{2, 1, -1, -1, 0, -1, -1, -1, 3, -1}));
+
+  // All computed is the plan without the argument; a wrong shape names the argument.
+  DispatchPlan every = make_dispatch_plan(hand_ids(), at::Tensor(), 4, 2, at::ones({5}, at::kBool));
+  EXPECT_TRUE(at::equal(every.row_of_slot, all.row_of_slot));
+  EXPECT_EQ(every.n_skipped, 0);
+  EXPECT_NE(xmoe_test::error_message<c10::Error>([&] {
+              make_dispatch_plan(hand_ids(), at::Tensor(), 4, 2, at::ones({4}, at::kBool));
+            }).find("computed must be [5]"),
+            std::string::npos);
 }
 
 TEST(DispatchPlan, AllInactiveGivesEmptyPlanAndZeroDropFraction) {

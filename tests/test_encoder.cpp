@@ -60,6 +60,64 @@ TEST(Encoder, HeadIsTiedToTheTokenEmbedding) {
   EXPECT_GT(params["tokens.weight"].grad().abs().sum().item<double>(), 0.0);
 }
 
+// mlm() runs the last layer after its attention only at the labelled positions. That must be
+// exact: the same loss, logits, aux loss, routing statistics and every parameter gradient as the
+// full last layer, for a dense and an MoE last layer (dropless and with capacity), pre- and
+// post-LN, with padding in the batch.
+TEST(Encoder, PrunedLastLayerEqualsFullLastLayer) {
+  struct Case {
+    std::vector<int64_t> moe_layers;
+    bool pre_norm;
+    const char* router;
+    int64_t top_k;
+    double capacity_factor;
+  };
+  for (const Case& c : {Case{{}, true, "dot", 1, 0.0}, Case{{1}, true, "dot", 2, 1.0},
+                        Case{{0, 1}, true, "xmoe", 1, 0.0}, Case{{}, false, "dot", 1, 0.0},
+                        Case{{1}, false, "xmoe", 2, 0.0}}) {
+    SCOPED_TRACE(std::string(c.pre_norm ? "pre-LN" : "post-LN") + " moe layers " +
+                 std::to_string(c.moe_layers.size()) + " router " + c.router);
+    auto make = [&](bool prune) {
+      EncoderOptions o = tiny(20, c.moe_layers, c.router).pre_norm(c.pre_norm).prune_last_layer(prune);
+      o.moe()->top_k(c.top_k).capacity_factor(c.capacity_factor);
+      MoEEncoder m(o);
+      m->train();
+      return m;
+    };
+    MoEEncoder full = make(false), pruned = make(true);
+    at::Generator gen = make_generator(21);
+    at::Tensor ids = at::randint(5, 20, {3, 12}, gen, at::kLong);
+    ids.narrow(1, 9, 3).select(0, 1).fill_(0);  // sequence 1 ends in padding
+    at::Tensor labels = at::where(at::rand({3, 12}, gen) < 0.3, ids, at::full_like(ids, -100));
+    labels.masked_fill_(ids.eq(0), -100);
+    labels[0][0] = 7;
+
+    MlmOutput a = full->mlm(ids, labels), b = pruned->mlm(ids, labels);
+    ASSERT_GT(a.n_predicted, 0);
+    EXPECT_EQ(b.n_predicted, a.n_predicted);
+    EXPECT_EQ(b.encoder.hidden.sizes(), (std::vector<int64_t>{a.n_predicted, 32}));
+    EXPECT_TRUE(at::allclose(b.logits, a.logits, 1e-4, 1e-5));
+    EXPECT_NEAR(b.loss.item<double>(), a.loss.item<double>(), 1e-5);
+    EXPECT_NEAR(b.encoder.aux_loss.item<double>(), a.encoder.aux_loss.item<double>(), 1e-6);
+    ASSERT_EQ(b.encoder.moe.size(), a.encoder.moe.size());
+    for (size_t i = 0; i < a.encoder.moe.size(); ++i) {
+      EXPECT_TRUE(at::equal(b.encoder.moe[i].routing.stats.tokens_per_expert,
+                            a.encoder.moe[i].routing.stats.tokens_per_expert));
+    }
+    (a.loss + a.encoder.aux_loss).backward();
+    (b.loss + b.encoder.aux_loss).backward();
+    auto pa = full->named_parameters(), pb = pruned->named_parameters();
+    for (const auto& item : pa) {
+      SCOPED_TRACE(item.key());
+      const at::Tensor ga = item.value().grad(), gb = pb[item.key()].grad();
+      ASSERT_EQ(ga.defined(), gb.defined());
+      if (!ga.defined()) continue;
+      const double scale = ga.abs().max().item<double>();
+      EXPECT_LE((ga - gb).abs().max().item<double>(), 1e-4 * scale + 1e-7);
+    }
+  }
+}
+
 TEST(Encoder, BadOptionsNameTheField) {
   EXPECT_THROW(MoEEncoder(EncoderOptions(20, 30, 2, 4, 64)), std::invalid_argument);  // 30 % 4
   EXPECT_THROW(MoEEncoder(tiny(20, {2})), std::invalid_argument);                     // no layer 2

@@ -68,7 +68,7 @@ TEST_P(FastPathEqualsReference, OutputsAndAllGradients) {
   for (MoELayer* layer : {&fast, &reference}) {
     (*layer)->train();
     at::Tensor x = h.clone().requires_grad_();
-    MoEOutput out = (*layer)->forward(x, MoEInputs{at::Tensor(), noise});
+    MoEOutput out = (*layer)->forward(x, MoEInputs{at::Tensor(), noise, at::Tensor()});
     ((out.output * grad_out).sum() + out.aux_loss).backward();
     outputs.push_back(out.output.detach());
     input_grads.push_back(x.grad());

@@ -109,7 +109,7 @@ class LayerGradChecker {
     // exactly expert_norm, so the snapshot below is a fixed point of the rescaling.
     {
       at::NoGradGuard no_grad;
-      layer_->forward(h_, MoEInputs{at::Tensor(), noise_});
+      layer_->forward(h_, MoEInputs{at::Tensor(), noise_, at::Tensor()});
     }
     for (auto& item : layer_->named_parameters()) {
       snapshot_[item.key()] = item.value().detach().clone();
@@ -127,7 +127,7 @@ class LayerGradChecker {
       if (p.grad().defined()) p.mutable_grad() = at::Tensor();
     }
     at::Tensor h = h_.clone().requires_grad_(true);
-    reference_ = layer_->forward(h, MoEInputs{at::Tensor(), noise_});
+    reference_ = layer_->forward(h, MoEInputs{at::Tensor(), noise_, at::Tensor()});
     at::Tensor loss = objective(reference_);
     loss.backward();
     base_ = summarize(reference_, loss.item<double>());
@@ -192,7 +192,7 @@ class LayerGradChecker {
 
   Evaluation evaluate(const at::Tensor& h) {
     at::NoGradGuard no_grad;
-    MoEOutput out = layer_->forward(h, MoEInputs{at::Tensor(), noise_});
+    MoEOutput out = layer_->forward(h, MoEInputs{at::Tensor(), noise_, at::Tensor()});
     return summarize(out, objective(out).item<double>());
   }
 

@@ -581,6 +581,55 @@ TEST(MoELayerMask, AllPaddingBatchGivesZeroOutput) {
   }
 }
 
+// `computed` (the encoder's pruned last layer): the experts run only for those tokens; their
+// output rows, every statistic and the aux loss equal the full run's, the other rows are 0.
+TEST(MoELayerMask, ComputedTokensEqualFullRunOthersZero) {
+  const at::Tensor mask = at::tensor(std::vector<int64_t>{1, 0, 1, 1, 0, 1, 1}, at::kLong).to(at::kBool);
+  const at::Tensor computed =
+      at::tensor(std::vector<int64_t>{1, 1, 0, 1, 0, 0, 1}, at::kLong).to(at::kBool);
+  const at::Tensor used = (computed & mask).nonzero().reshape({-1});   // t0, t3, t6
+  const at::Tensor unused = (~(computed & mask)).nonzero().reshape({-1});
+  for (bool dbl : {true, false}) {
+    for (double cf : {0.0, 0.75}) {
+      SCOPED_TRACE(std::string(dbl ? "float64 (reference path)" : "float32 (fast path)") +
+                   " cf=" + std::to_string(cf));
+      MoELayer layer(MoELayerOptions(kD, kFF, kE).top_k(2).capacity_factor(cf).seed(16));
+      layer->to(dbl ? at::kDouble : at::kFloat);
+      const at::Tensor h = randn({kT, kD}, 66).to(dbl ? at::kDouble : at::kFloat).requires_grad_();
+      MoEInputs some = with_mask(mask);
+      some.computed = computed;
+      MoEOutput full = layer->forward(h, with_mask(mask));
+      MoEOutput part = layer->forward(h, some);
+      EXPECT_EQ(part.routing.stats.path, dbl ? "reference" : "fast");
+      const double tol = dbl ? 1e-12 : 1e-6;
+      EXPECT_TRUE(close(part.output.index_select(0, used), full.output.index_select(0, used), tol, tol));
+      EXPECT_TRUE(part.output.index_select(0, unused).eq(0).all().item<bool>());
+      EXPECT_TRUE(at::equal(part.routing.gates, full.routing.gates));
+      EXPECT_TRUE(at::equal(part.routing.stats.tokens_per_expert, full.routing.stats.tokens_per_expert));
+      EXPECT_DOUBLE_EQ(part.routing.stats.dropped_fraction, full.routing.stats.dropped_fraction);
+      EXPECT_TRUE(close(part.aux_loss, full.aux_loss, tol, tol));
+      EXPECT_GT(part.plan.n_skipped, 0);
+      EXPECT_LT(part.plan.n_rows(), full.plan.n_rows());
+
+      // Gradients of a loss on the used rows plus the aux loss: identical to the full run.
+      auto grads = [&](const MoEOutput& out) {
+        at::Tensor loss = out.output.index_select(0, used).pow(2).sum() + out.aux_loss;
+        std::vector<at::Tensor> inputs = {h};
+        for (const auto& p : layer->parameters()) inputs.push_back(p);
+        return torch::autograd::grad({loss}, inputs, {}, /*retain_graph=*/true, false,
+                                     /*allow_unused=*/true);
+      };
+      const auto g_full = grads(full), g_part = grads(part);
+      for (size_t i = 0; i < g_full.size(); ++i) {
+        SCOPED_TRACE("gradient " + std::to_string(i));
+        if (!g_full[i].defined()) continue;
+        const at::Tensor gp = g_part[i].defined() ? g_part[i] : at::zeros_like(g_full[i]);
+        EXPECT_TRUE(close(gp, g_full[i], tol, tol));
+      }
+    }
+  }
+}
+
 TEST(MoELayerMask, WrongMaskShapeThrows) {
   MoELayer layer = make_layer(MoELayerOptions(kD, kFF, kE));
   EXPECT_ANY_THROW(layer->forward(randn({kT, kD}, 64), with_mask(at::ones({kT + 1}, at::kBool))));

@@ -15,7 +15,7 @@ int64_t expert_capacity(double capacity_factor, int64_t n_tokens, int64_t top_k,
 }
 
 DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& active,
-                                int64_t n_expert, int64_t capacity) {
+                                int64_t n_expert, int64_t capacity, const at::Tensor& computed) {
   TORCH_CHECK(expert_ids.dim() == 2 && expert_ids.scalar_type() == at::kLong,
               "xmoe::make_dispatch_plan: expert_ids must be [T, k] int64, got ", expert_ids.sizes(),
               " ", expert_ids.scalar_type());
@@ -26,8 +26,13 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
                                     : at::ones({T, k}, at::kBool);
   TORCH_CHECK(act.sizes() == ids.sizes(), "xmoe::make_dispatch_plan: active must be [", T, ", ",
               k, "], got ", act.sizes());
+  at::Tensor wanted = computed.defined() ? computed.detach().cpu().to(at::kBool).contiguous()
+                                         : at::ones({T}, at::kBool);
+  TORCH_CHECK(wanted.dim() == 1 && wanted.size(0) == T, "xmoe::make_dispatch_plan: computed must be [",
+              T, "], got ", wanted.sizes());
   const int64_t* id = ids.data_ptr<int64_t>();
   const bool* on = act.data_ptr<bool>();
+  const bool* compute = wanted.data_ptr<bool>();
 
   DispatchPlan plan;
   plan.n_tokens = T;
@@ -41,6 +46,7 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
 
   // Pass 1, in fill order (slot-major, then token): count and apply capacity.
   std::vector<int64_t> kept_count(n_expert, 0);
+  std::vector<int64_t> row_count(n_expert, 0);
   for (int64_t j = 0; j < k; ++j) {
     for (int64_t t = 0; t < T; ++t) {
       const int64_t s = t * k + j;
@@ -56,14 +62,19 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
       }
       ++kept_count[e];
       kept[s] = true;
+      if (compute[t]) {
+        ++row_count[e];
+      } else {
+        ++plan.n_skipped;
+      }
     }
   }
   // Pass 2: exclusive prefix sum, then a stable scatter in the same fill order.
   plan.offsets.assign(n_expert + 1, 0);
-  for (int64_t e = 0; e < n_expert; ++e) plan.offsets[e + 1] = plan.offsets[e] + kept_count[e];
-  const int64_t n_kept = plan.offsets[n_expert];
-  plan.slot_index = at::empty({n_kept}, at::kLong);
-  plan.token_index = at::empty({n_kept}, at::kLong);
+  for (int64_t e = 0; e < n_expert; ++e) plan.offsets[e + 1] = plan.offsets[e] + row_count[e];
+  const int64_t n_rows = plan.offsets[n_expert];
+  plan.slot_index = at::empty({n_rows}, at::kLong);
+  plan.token_index = at::empty({n_rows}, at::kLong);
   int64_t* slot_out = plan.slot_index.data_ptr<int64_t>();
   int64_t* token_out = plan.token_index.data_ptr<int64_t>();
   plan.row_of_slot = at::full({T * k}, -1, at::kLong);
@@ -72,7 +83,7 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
   for (int64_t j = 0; j < k; ++j) {
     for (int64_t t = 0; t < T; ++t) {
       const int64_t s = t * k + j;
-      if (!kept[s]) continue;
+      if (!kept[s] || !compute[t]) continue;
       const int64_t row = cursor[id[s]]++;
       slot_out[row] = s;
       token_out[row] = t;

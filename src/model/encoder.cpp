@@ -61,10 +61,17 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t d_model, int64_t n_heads, double dr
   out_ = register_module("out", torch::nn::Linear(d_model, d_model));
 }
 
-at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_padding) {
+at::Tensor SelfAttentionImpl::context(const at::Tensor& x, const at::Tensor& key_padding) {
   at::Tensor qkv = kernels::linear(x, qkv_->weight, qkv_->bias);
-  return kernels::linear(kernels::attention(qkv, key_padding, n_heads_, dropout_, is_training()),
-                         out_->weight, out_->bias);
+  return kernels::attention(qkv, key_padding, n_heads_, dropout_, is_training());
+}
+
+at::Tensor SelfAttentionImpl::project(const at::Tensor& context) {
+  return kernels::linear(context, out_->weight, out_->bias);
+}
+
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, const at::Tensor& key_padding) {
+  return project(context(x, key_padding));
 }
 
 // ---- block ---------------------------------------------------------------------------------
@@ -92,14 +99,18 @@ at::Tensor EncoderLayerImpl::drop(const at::Tensor& x) {
   return kernels::dropout(x, dropout_, is_training());
 }
 
-at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor& padding,
-                                          MoEOutput* moe_out) {
-  if (moe_.is_empty()) {
-    at::Tensor hidden = kernels::gelu(kernels::linear(x, fc1_->weight, fc1_->bias));
-    return kernels::linear(hidden, fc2_->weight, fc2_->bias);
-  }
+at::Tensor EncoderLayerImpl::dense_ffn(const at::Tensor& x) {
+  at::Tensor hidden = kernels::gelu(kernels::linear(x, fc1_->weight, fc1_->bias));
+  return kernels::linear(hidden, fc2_->weight, fc2_->bias);
+}
+
+at::Tensor EncoderLayerImpl::moe_ffn(const at::Tensor& x, const at::Tensor& padding,
+                                     const at::Tensor& computed, MoEOutput* moe_out) {
   const int64_t b = x.size(0), l = x.size(1), d = x.size(2);
-  MoEOutput out = moe_->forward(x.reshape({b * l, d}), MoEInputs{(~padding).reshape({-1}), at::Tensor()});
+  MoEInputs inputs;
+  inputs.mask = (~padding).reshape({-1});
+  inputs.computed = computed;
+  MoEOutput out = moe_->forward(x.reshape({b * l, d}), inputs);
   at::Tensor y = out.output.view({b, l, d});
   if (moe_out) *moe_out = std::move(out);
   return y;
@@ -107,12 +118,41 @@ at::Tensor EncoderLayerImpl::feed_forward(const at::Tensor& x, const at::Tensor&
 
 at::Tensor EncoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& padding,
                                      MoEOutput* moe_out) {
+  auto ffn = [&](const at::Tensor& z) {
+    return is_moe() ? moe_ffn(z, padding, at::Tensor(), moe_out) : dense_ffn(z);
+  };
   if (pre_norm_) {
     at::Tensor h = x + drop(attention_->forward(norm1_->forward(x), padding));
-    return h + drop(feed_forward(norm2_->forward(h), padding, moe_out));
+    return h + drop(ffn(norm2_->forward(h)));
   }
   at::Tensor h = norm1_->forward(x + drop(attention_->forward(x, padding)));
-  return norm2_->forward(h + drop(feed_forward(h, padding, moe_out)));
+  return norm2_->forward(h + drop(ffn(h)));
+}
+
+at::Tensor EncoderLayerImpl::forward_rows(const at::Tensor& x, const at::Tensor& padding,
+                                          const at::Tensor& rows, MoEOutput* moe_out) {
+  const int64_t d = x.size(2);
+  auto at_rows = [&](const at::Tensor& t) { return t.reshape({-1, d}).index_select(0, rows); };
+  if (is_moe()) {
+    // The router needs every token's hidden state (aux loss, capacity, statistics), so the
+    // attention half runs in full; the experts and what follows run at `rows` only.
+    at::Tensor computed = at::zeros({x.size(0) * x.size(1)}, padding.options()).index_fill_(0, rows, true);
+    if (pre_norm_) {
+      at::Tensor h = x + drop(attention_->forward(norm1_->forward(x), padding));
+      return at_rows(h) + drop(at_rows(moe_ffn(norm2_->forward(h), padding, computed, moe_out)));
+    }
+    at::Tensor h = norm1_->forward(x + drop(attention_->forward(x, padding)));
+    return norm2_->forward(at_rows(h) + drop(at_rows(moe_ffn(h, padding, computed, moe_out))));
+  }
+  // Dense: only the attention context needs every position (keys and values).
+  if (pre_norm_) {
+    at::Tensor ctx = at_rows(attention_->context(norm1_->forward(x), padding));
+    at::Tensor h = at_rows(x) + drop(attention_->project(ctx));
+    return h + drop(dense_ffn(norm2_->forward(h)));
+  }
+  at::Tensor ctx = at_rows(attention_->context(x, padding));
+  at::Tensor h = norm1_->forward(at_rows(x) + drop(attention_->project(ctx)));
+  return norm2_->forward(h + drop(dense_ffn(h)));
 }
 
 // ---- encoder -------------------------------------------------------------------------------
@@ -155,7 +195,9 @@ MoEEncoderImpl::MoEEncoderImpl(EncoderOptions options) : options_(std::move(opti
   }
 }
 
-EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) {
+EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) { return run(ids, at::Tensor()); }
+
+EncoderOutput MoEEncoderImpl::run(const at::Tensor& ids, const at::Tensor& rows) {
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong,
               "xmoe::MoEEncoder: ids must be [B, L] int64, got ", ids.sizes(), " ", ids.scalar_type());
   const int64_t l = ids.size(1);
@@ -169,15 +211,18 @@ EncoderOutput MoEEncoderImpl::encode(const at::Tensor& ids) {
 
   EncoderOutput out;
   for (size_t i = 0; i < layers_.size(); ++i) {
+    const bool last = i + 1 == layers_.size();
     if (layers_[i]->is_moe()) {
       MoEOutput moe;
-      x = layers_[i]->forward(x, padding, &moe);
+      x = last && rows.defined() ? layers_[i]->forward_rows(x, padding, rows, &moe)
+                                 : layers_[i]->forward(x, padding, &moe);
       out.aux_loss = out.aux_loss.defined() ? out.aux_loss + moe.aux_loss : moe.aux_loss;
       out.moe_input.push_back(moe.input);
       out.moe.push_back(std::move(moe));
       out.moe_layer_index.push_back(static_cast<int64_t>(i));
     } else {
-      x = layers_[i]->forward(x, padding, nullptr);
+      x = last && rows.defined() ? layers_[i]->forward_rows(x, padding, rows, nullptr)
+                                 : layers_[i]->forward(x, padding, nullptr);
     }
   }
   out.hidden = options_.pre_norm() ? final_norm_->forward(x) : x;
@@ -189,11 +234,17 @@ MlmOutput MoEEncoderImpl::mlm(const at::Tensor& ids, const at::Tensor& labels) {
   TORCH_CHECK(labels.sizes() == ids.sizes(), "xmoe::MoEEncoder::mlm: labels must match ids ",
               ids.sizes(), ", got ", labels.sizes());
   MlmOutput out;
-  out.encoder = encode(ids);
   at::Tensor flat_labels = labels.reshape({-1});
   at::Tensor where = flat_labels.ne(-100).nonzero().reshape({-1});
   out.n_predicted = where.numel();
-  at::Tensor h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
+  at::Tensor h;
+  if (options_.prune_last_layer() && out.n_predicted > 0) {
+    out.encoder = run(ids, where.to(ids.device()));
+    h = out.encoder.hidden;
+  } else {
+    out.encoder = encode(ids);
+    h = out.encoder.hidden.reshape({-1, options_.d_model()}).index_select(0, where);
+  }
   h = kernels::gelu(kernels::linear(h, head_transform_->weight, head_transform_->bias));
   h = head_norm_->forward(h);
   out.logits = kernels::linear(h, tokens_->weight, head_bias_);  // tied to the input embedding

@@ -129,7 +129,14 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
   const double cf = is_training() ? options_.capacity_factor()
                                   : options_.eval_capacity_factor().value_or(options_.capacity_factor());
   const int64_t capacity = expert_capacity(cf, n_tokens, options_.top_k(), options_.n_expert());
-  out.plan = make_dispatch_plan(routing.expert_ids, routing.active, options_.n_expert(), capacity);
+  at::Tensor computed = inputs.computed;
+  if (computed.defined()) {
+    TORCH_CHECK(computed.dim() == 1 && computed.size(0) == h.size(0), "xmoe::MoELayer (layer '",
+                name, "'): computed must be [T = ", h.size(0), "], got ", computed.sizes());
+    if (real_index.defined()) computed = computed.index_select(0, real_index.to(computed.device()));
+  }
+  out.plan = make_dispatch_plan(routing.expert_ids, routing.active, options_.n_expert(), capacity,
+                                computed);
   const DispatchPlan& plan = out.plan;
 
   at::Tensor y;

@@ -49,6 +49,11 @@ struct EncoderOptions {
   TORCH_ARG(c10::optional<MoELayerOptions>, moe) = c10::nullopt;
   TORCH_ARG(int64_t, pad_id) = 0;
   TORCH_ARG(uint64_t, seed) = 0;
+  /// mlm() runs the last layer after its attention only at the predicted positions (and the
+  /// final LayerNorm and head there): exact, since everything after attention is per position
+  /// and the other positions' outputs are unused. An MoE last layer still routes every token
+  /// (aux loss, capacity and statistics unchanged) and runs its experts for these positions.
+  TORCH_ARG(bool, prune_last_layer) = true;
 
  public:
   /// Throws std::invalid_argument naming the first invalid field.
@@ -61,6 +66,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   SelfAttentionImpl(int64_t d_model, int64_t n_heads, double dropout);
   /// x [B, L, d], key_padding [B, L] bool (true = padding) → [B, L, d].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& key_padding);
+  /// The two halves of forward: the attention context [B, L, d] before the output projection,
+  /// and that projection (any leading shape).
+  at::Tensor context(const at::Tensor& x, const at::Tensor& key_padding);
+  at::Tensor project(const at::Tensor& context);
 
  private:
   int64_t n_heads_;
@@ -75,12 +84,19 @@ class EncoderLayerImpl : public torch::nn::Module {
   EncoderLayerImpl(const EncoderOptions& options, int64_t index);
   /// x [B, L, d], padding [B, L] bool. Returns the new x; an MoE layer's output in `moe_out`.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& padding, MoEOutput* moe_out);
+  /// The same block computed only at `rows` ([M] int64 indices into the B·L positions) after the
+  /// attention: returns [M, d], equal to forward(...).reshape({B·L, d}).index_select(0, rows).
+  at::Tensor forward_rows(const at::Tensor& x, const at::Tensor& padding, const at::Tensor& rows,
+                          MoEOutput* moe_out);
 
   bool is_moe() const { return !moe_.is_empty(); }
   MoELayer& moe() { return moe_; }
 
  private:
-  at::Tensor feed_forward(const at::Tensor& x, const at::Tensor& padding, MoEOutput* moe_out);
+  at::Tensor dense_ffn(const at::Tensor& x);  // x [..., d]
+  /// x [B, L, d] → [B, L, d]; `computed` [B·L] bool as MoEInputs::computed.
+  at::Tensor moe_ffn(const at::Tensor& x, const at::Tensor& padding, const at::Tensor& computed,
+                     MoEOutput* moe_out);
   at::Tensor drop(const at::Tensor& x);  // residual-branch dropout (kernels::dropout)
 
   bool pre_norm_;
@@ -93,7 +109,7 @@ class EncoderLayerImpl : public torch::nn::Module {
 TORCH_MODULE(EncoderLayer);
 
 struct EncoderOutput {
-  at::Tensor hidden;               // [B, L, d] final hidden states
+  at::Tensor hidden;               // [B, L, d] final hidden states ([M, d] inside mlm(), below)
   at::Tensor aux_loss;             // scalar: Σ over MoE layers of their weighted aux losses
   std::vector<MoEOutput> moe;      // one per MoE layer, in layer order
   std::vector<int64_t> moe_layer_index;
@@ -124,6 +140,10 @@ class MoEEncoderImpl : public torch::nn::Module {
   std::vector<EncoderLayer>& layers() { return layers_; }
 
  private:
+  /// rows undefined: all positions, hidden [B, L, d]; else the last layer only at rows, hidden
+  /// [M, d] in the order of rows.
+  EncoderOutput run(const at::Tensor& ids, const at::Tensor& rows);
+
   EncoderOptions options_;
   torch::nn::Embedding tokens_{nullptr}, positions_{nullptr};
   std::vector<EncoderLayer> layers_;

@@ -85,6 +85,10 @@ struct MoELayerOptions {
 struct MoEInputs {
   at::Tensor mask;   // [T] bool, true = real token; padding tokens are not routed, output 0
   at::Tensor noise;  // [T_real, E] standard-normal samples for a noisy router in training
+  /// [T] bool, true = the caller uses this token's output (undefined = all). Routing, capacity,
+  /// aux losses and statistics still cover every real token; the experts run only for these,
+  /// the others' output is 0. Exact for the used rows: an unused output has no gradient.
+  at::Tensor computed;
 };
 
 struct MoEOutput {
