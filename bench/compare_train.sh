@@ -2,7 +2,9 @@
 # One run, one machine, one environment: masked-LM TRAINING tokens/s of xmoe's encoder
 # (`xmoe bench train`) against the same model in Python PyTorch (bench/train_peer.py), both at
 # 1 and 2 intra-op threads, on the same synthetic batches; then a table and the ratio
-# xmoe-best / PyTorch-best. Usage:
+# xmoe-best / PyTorch-best. The peer runs twice per cell: as plain encoder code (the last layer
+# everywhere) and with --prune-last-layer (the last layer after attention only at the labelled
+# positions, as xmoe's mlm() does); the table gives the ratio to each. Usage:
 #   bench/compare_train.sh [--steps 4] [--warmup 1] [--repeats 1] [--routers config]
 #                          [--no-setup] [CONFIG.json | small ...]
 # Without configs: every configs/tiny-*.json. "small" = configs/small-xmoe-softmax.json.
@@ -70,16 +72,21 @@ for cfg in "${configs[@]}"; do
     [ "$router" = config ] || name="$label+$router"
     echo "$name $resolved" >>"$tmp/configs"
     common=(--steps "$steps" --warmup "$warmup")
+    peer=1
     for r in $(seq "$repeats"); do
       for t in 1 2; do
         OMP_NUM_THREADS=$t "./$build/xmoe" --threads "$t" bench train --config "$resolved" "${common[@]}" \
           | sed "s|^|$name |" >>"$out"
-        if OMP_NUM_THREADS=$t "$py" bench/train_peer.py --config "$resolved" "${common[@]}" --threads "$t" \
-             >"$tmp/line" 2>"$tmp/err"; then
-          sed "s|^|$name |" "$tmp/line" >>"$out"
-        else
-          echo "no PyTorch peer for $name: $(tail -1 "$tmp/err")" >&2
-        fi
+        for variant in "" --prune-last-layer; do
+          [ "$peer" = 1 ] || continue
+          if OMP_NUM_THREADS=$t "$py" bench/train_peer.py --config "$resolved" "${common[@]}" --threads "$t" \
+               $variant >"$tmp/line" 2>"$tmp/err"; then
+            sed "s|^|$name |" "$tmp/line" >>"$out"
+          else
+            echo "no PyTorch peer for $name: $(tail -1 "$tmp/err")" >&2
+            peer=0
+          fi
+        done
       done
     done
     echo "done: $name" >&2
@@ -90,19 +97,23 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$py" - "$out" "$tmp/configs" <<'PY'
 import collections, json, sys
 
-def train_gflop(c, tokens):
-    """Matrix-multiply GFLOP of one training step (forward + backward = 3 x forward)."""
+def train_gflop(c, tokens, pruned):
+    """Matrix-multiply GFLOP of one training step (forward + backward = 3 x forward); pruned:
+    the last layer after its attention at the labelled positions only."""
     d, L, m, moe = c["model"]["d_model"], c["data"]["max_len"], c["model"], c["moe"]
+    p = c["data"]["mask_prob"] + (1 - c["data"]["mask_prob"]) / L   # labelled share (1st forced)
     per_token = 0.0
     for i in range(m["n_layers"]):
-        per_token += 8 * d * d + 4 * L * d                     # qkv + out, scores + context
-        if moe and i in m["moe_layers"]:
+        share = p if pruned and i == m["n_layers"] - 1 else 1.0    # rows after the attention
+        is_moe = moe and i in m["moe_layers"]
+        per_token += 6 * d * d + 4 * L * d                     # qkv, scores + context
+        per_token += 2 * d * d * (1.0 if is_moe else share)    # out (full: the router needs it)
+        if is_moe:
             route = (2 * d * moe["d_e"] + 2 * moe["d_e"] * moe["n_expert"]
                      if moe["router"].startswith("xmoe") and moe["dim_reduction"] else 2 * d * moe["n_expert"])
-            per_token += 4 * d * moe["d_ff"] * moe["top_k"] + route
+            per_token += 4 * d * moe["d_ff"] * moe["top_k"] * share + route
         else:
-            per_token += 4 * d * m["d_ff"]
-    p = c["data"]["mask_prob"] + (1 - c["data"]["mask_prob"]) / L   # labelled share (1st forced)
+            per_token += 4 * d * m["d_ff"] * share
     per_token += p * (2 * d * d + 2 * d * 8000)
     return 3 * per_token * tokens / 1e9
 
@@ -114,8 +125,9 @@ for line in open(sys.argv[1]):
     r = json.loads(payload)
     if name not in order:
         order.append(name)
-    cells[(name, r["impl"], r["threads"])].append(r)
-    info.setdefault(name, {}).setdefault(r["impl"], r)
+    impl = r["impl"] if r["impl"] == "xmoe" or r["last_layer"] == "full" else "pytorch-pruned"
+    cells[(name, impl, r["threads"])].append(r)
+    info.setdefault(name, {}).setdefault(impl, r)
 
 def cell(recs):
     if not recs:
@@ -123,21 +135,28 @@ def cell(recs):
     v = sorted(x["tokens_per_s"] for x in recs)
     return "%.0f" % v[-1] if len(v) == 1 else "%.0f (%.0f-%.0f)" % (v[-1], v[0], v[-1])
 
-cols = [("xmoe", 1), ("xmoe", 2), ("pytorch", 1), ("pytorch", 2)]
+impls = ("xmoe", "pytorch", "pytorch-pruned")
+cols = [(impl, t) for impl in impls for t in (1, 2)]
 print("masked-LM training tokens/s (median step; best of repeats, range in brackets)")
-print("%-26s%7s%9s" % ("config", "tokens", "params") +
-      "".join("%20s" % ("%s [%d]" % c) for c in cols) + "%12s%10s" % ("xmoe/py", "GFLOP/s"))
+print("%-22s%7s%9s" % ("config", "tokens", "params") +
+      "".join("%21s" % ("%s [%d]" % c) for c in cols) + "%9s%10s%10s" % ("xmoe/py", "/pruned", "GFLOP/s"))
 for name in order:
-    x, p = info[name].get("xmoe"), info[name].get("pytorch")
+    x = info[name]["xmoe"]
     best = {impl: max((r["tokens_per_s"] for (n, i, t), rs in cells.items() if n == name and i == impl
-                       for r in rs), default=float("nan")) for impl in ("xmoe", "pytorch")}
-    print("%-26s%7d%8.2fM" % (name, x["tokens"], x["params"] / 1e6) +
-          "".join("%20s" % cell(cells[(name,) + c]) for c in cols) +
-          ("%12.2f" % (best["xmoe"] / best["pytorch"]) if p else "%12s" % "-") +
-          "%10.1f" % (train_gflop(json.load(open(configs[name])), x["tokens"]) * best["xmoe"] / x["tokens"]))
-    if p and (p["batch_checksum"] != x["batch_checksum"] or p["params"] != x["params"]):
-        print("  WARNING %s: batches or parameter counts differ (checksum %s vs %s, params %d vs %d)"
-              % (name, x["batch_checksum"], p["batch_checksum"], x["params"], p["params"]))
-print("xmoe/py = best xmoe tokens/s over best PyTorch tokens/s (any thread count); target >= 2")
-print("GFLOP/s = matrix-multiply work of a step (fwd + bwd) per second, best xmoe cell")
+                       for r in rs), default=float("nan")) for impl in impls}
+    ratio = lambda impl: "%.2f" % (best["xmoe"] / best[impl]) if impl in info[name] else "-"
+    pruned = x.get("last_layer", "full") != "full"
+    print("%-22s%7d%8.2fM" % (name, x["tokens"], x["params"] / 1e6) +
+          "".join("%21s" % cell(cells[(name,) + c]) for c in cols) +
+          "%9s%10s" % (ratio("pytorch"), ratio("pytorch-pruned")) +
+          "%10.1f" % (train_gflop(json.load(open(configs[name])), x["tokens"], pruned) * best["xmoe"] / x["tokens"]))
+    for impl in impls[1:]:
+        p = info[name].get(impl)
+        if p and (p["batch_checksum"] != x["batch_checksum"] or p["params"] != x["params"]):
+            print("  WARNING %s %s: batches or parameter counts differ (checksum %s vs %s, params %d vs %d)"
+                  % (name, impl, x["batch_checksum"], p["batch_checksum"], x["params"], p["params"]))
+print("xmoe/py = best xmoe tokens/s over best PyTorch tokens/s (any thread count); target >= 2.")
+print("  pytorch: the peer as plain encoder code (last layer at every position); pytorch-pruned and")
+print("  /pruned: the peer with the last layer after attention at the labelled positions only, as xmoe")
+print("GFLOP/s = matrix-multiply work xmoe does per step (fwd + bwd) per second, best xmoe cell")
 PY

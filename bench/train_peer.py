@@ -18,6 +18,9 @@ The model, written the way a good plain PyTorch implementation would write it:
   (argsort), index_select, a loop over the experts' contiguous slices, gate-weighted index_add.
 Training step: mlm + aux loss, backward, clip_grad_norm_, AdamW (two groups: weight decay on
 parameters with dim >= 2 only), zero_grad(set_to_none=True).
+--prune-last-layer runs the last layer after its attention only at the labelled positions, as
+xmoe's mlm() does (an MoE last layer routes every token and runs its experts for those only);
+without it the peer computes the last layer everywhere, as plain encoder code does.
 """
 import argparse
 import json
@@ -92,13 +95,16 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, key_padding):
+    def context(self, x, key_padding):
         b, l, d = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)
         scores = scores.masked_fill(key_padding.view(b, 1, 1, l), float("-inf"))
         weights = self.dropout(scores.softmax(-1).nan_to_num(0.0))
-        return self.out((weights @ v).transpose(1, 2).reshape(b, l, d))
+        return (weights @ v).transpose(1, 2).reshape(b, l, d)
+
+    def forward(self, x, key_padding):
+        return self.out(self.context(x, key_padding))
 
 
 class MoE(nn.Module):
@@ -139,7 +145,7 @@ class MoE(nn.Module):
         balance = (scores / self.opt["balance_temperature"]).softmax(-1)
         return scores / self.temperature.clamp_min(1e-4), balance
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, computed=None):
         real = mask.nonzero().squeeze(1)
         h = x.index_select(0, real)
         logits, balance_probs = self.route(h)
@@ -157,7 +163,13 @@ class MoE(nn.Module):
             aux = aux + self.opt["z_loss_coef"] * logits.logsumexp(-1).pow(2).mean()
 
         flat_ids = ids.reshape(-1)
+        slots = None
+        if computed is not None:  # only the slots of the tokens whose output is used
+            slots = computed.index_select(0, real).repeat_interleave(self.k).nonzero().squeeze(1)
+            flat_ids = flat_ids.index_select(0, slots)
         order = flat_ids.argsort()
+        if slots is not None:
+            order = slots.index_select(0, order)
         counts = torch.bincount(flat_ids, minlength=self.e).tolist()
         token = order // self.k
         xs = h.index_select(0, token)
@@ -180,11 +192,11 @@ class Block(nn.Module):
             self.fc1, self.fc2 = nn.Linear(d, m["d_ff"]), nn.Linear(m["d_ff"], d)
         self.dropout = nn.Dropout(m["dropout"])
 
-    def ffn(self, x, padding):
+    def ffn(self, x, padding, computed=None):
         if self.moe is None:
             return self.fc2(F.gelu(self.fc1(x))), None
         b, l, d = x.shape
-        y, aux = self.moe(x.reshape(b * l, d), (~padding).reshape(-1))
+        y, aux = self.moe(x.reshape(b * l, d), (~padding).reshape(-1), computed)
         return y.view(b, l, d), aux
 
     def forward(self, x, padding):
@@ -196,13 +208,32 @@ class Block(nn.Module):
         y, aux = self.ffn(h, padding)
         return self.norm2(h + self.dropout(y)), aux
 
+    def forward_rows(self, x, padding, rows):
+        """forward() at the flat positions `rows` only, after the attention: [M, d]."""
+        d = x.shape[2]
+        at = lambda t: t.reshape(-1, d).index_select(0, rows)
+        if self.moe is not None:  # the router sees every token
+            computed = torch.zeros(x.shape[0] * x.shape[1], dtype=torch.bool).index_fill_(0, rows, True)
+            if self.pre_norm:
+                h = x + self.dropout(self.attention(self.norm1(x), padding))
+                y, aux = self.ffn(self.norm2(h), padding, computed)
+                return at(h) + self.dropout(at(y)), aux
+            h = self.norm1(x + self.dropout(self.attention(x, padding)))
+            y, aux = self.ffn(h, padding, computed)
+            return self.norm2(at(h) + self.dropout(at(y))), aux
+        if self.pre_norm:
+            h = at(x) + self.dropout(self.attention.out(at(self.attention.context(self.norm1(x), padding))))
+            return h + self.dropout(self.ffn(self.norm2(h), padding)[0]), None
+        h = self.norm1(at(x) + self.dropout(self.attention.out(at(self.attention.context(x, padding)))))
+        return self.norm2(h + self.dropout(self.ffn(h, padding)[0])), None
+
 
 class Encoder(nn.Module):
-    def __init__(self, cfg, vocab, max_len):
+    def __init__(self, cfg, vocab, max_len, prune_last_layer=False):
         super().__init__()
         m = cfg["model"]
         d = m["d_model"]
-        self.d, self.pre_norm = d, m["pre_norm"]
+        self.d, self.pre_norm, self.prune = d, m["pre_norm"], prune_last_layer
         self.tokens, self.positions = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
         self.dropout = nn.Dropout(m["dropout"])
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(m["n_layers"]))
@@ -224,16 +255,21 @@ class Encoder(nn.Module):
         padding = ids.eq(PAD_ID)
         pos = torch.arange(ids.shape[1]).unsqueeze(0)
         x = self.dropout(self.tokens(ids) + self.positions(pos))
+        flat = labels.reshape(-1)
+        where = flat.ne(-100).nonzero().squeeze(1)
         aux = x.new_zeros(())
-        for layer in self.layers:
-            x, a = layer(x, padding)
+        for i, layer in enumerate(self.layers):
+            if self.prune and i == len(self.layers) - 1:
+                x, a = layer.forward_rows(x, padding, where)
+            else:
+                x, a = layer(x, padding)
             if a is not None:
                 aux = aux + a
         if self.pre_norm:
             x = self.final_norm(x)
-        flat = labels.reshape(-1)
-        where = flat.ne(-100).nonzero().squeeze(1)
-        h = x.reshape(-1, self.d).index_select(0, where)
+        h = x.reshape(-1, self.d)
+        if not self.prune:
+            h = h.index_select(0, where)
         h = self.head_norm(F.gelu(self.head_transform(h)))
         logits = torch.addmm(self.head_bias, h, self.tokens.weight.t())
         return F.cross_entropy(logits, flat.index_select(0, where)), aux
@@ -260,6 +296,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--foreach", action="store_true", help="AdamW(foreach=True)")
+    p.add_argument("--prune-last-layer", action="store_true",
+                   help="last layer after its attention only at the labelled positions (as xmoe)")
     p.add_argument("--profile", type=int, default=0,
                    help="profile this many extra steps: self time per op on stderr")
     a = p.parse_args()
@@ -270,7 +308,7 @@ def main():
     batch_seqs = a.batch_seqs or max(1, data["batch_tokens"] // seq_len)
 
     torch.manual_seed(cfg["model"]["init_seed"])
-    model = Encoder(cfg, a.vocab, max(data["max_len"], seq_len))
+    model = Encoder(cfg, a.vocab, max(data["max_len"], seq_len), a.prune_last_layer)
     model.train()
     torch.manual_seed(t["seed"])
     params = list(model.parameters())
@@ -326,7 +364,9 @@ def main():
                       "tokens_per_s": tokens / (step_ms / 1e3),
                       "params": sum(q.numel() for q in params), "last_loss": loss_v,
                       "last_aux_loss": aux_v, "batch_checksum": float(checksum),
-                      "torch": torch.__version__, "foreach": a.foreach}), flush=True)
+                      "torch": torch.__version__, "foreach": a.foreach,
+                      "last_layer": "labelled positions" if a.prune_last_layer else "full"}),
+          flush=True)
 
 
 if __name__ == "__main__":
