@@ -5,8 +5,9 @@
 //                  ──experts (one block per expert)──▶ y_sorted [N, d_model]
 //                  ──combine: y[t] = Σ_j gate[t, j] · y_sorted[row(t, j)]──▶ y [T, d_model]
 //
-// Dropped slots (capacity mode) and padding tokens contribute nothing: their output is zero and
-// the residual connection around the layer carries them.
+// Dropped slots (capacity mode), padding tokens and tokens left out of MoEInputs::computed
+// contribute nothing: their output is zero and the residual connection around the layer carries
+// them.
 #pragma once
 
 #include "xmoe/kernels/dispatch_plan.h"
