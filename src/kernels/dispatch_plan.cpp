@@ -62,11 +62,7 @@ DispatchPlan make_dispatch_plan(const at::Tensor& expert_ids, const at::Tensor& 
       }
       ++kept_count[e];
       kept[s] = true;
-      if (compute[t]) {
-        ++row_count[e];
-      } else {
-        ++plan.n_skipped;
-      }
+      if (compute[t]) ++row_count[e];
     }
   }
   // Pass 2: exclusive prefix sum, then a stable scatter in the same fill order.

@@ -116,17 +116,25 @@ at::Tensor EncoderLayerImpl::moe_ffn(const at::Tensor& x, const at::Tensor& padd
   return y;
 }
 
+// Pre-LN: LN before each sub-layer, plain residual after; post-LN: LN after the residual.
+at::Tensor EncoderLayerImpl::attention_input(const at::Tensor& x) {
+  return pre_norm_ ? norm1_->forward(x) : x;
+}
+at::Tensor EncoderLayerImpl::after_attention(const at::Tensor& x, const at::Tensor& attended) {
+  return pre_norm_ ? x + drop(attended) : norm1_->forward(x + drop(attended));
+}
+at::Tensor EncoderLayerImpl::ffn_input(const at::Tensor& h) {
+  return pre_norm_ ? norm2_->forward(h) : h;
+}
+at::Tensor EncoderLayerImpl::after_ffn(const at::Tensor& h, const at::Tensor& y) {
+  return pre_norm_ ? h + drop(y) : norm2_->forward(h + drop(y));
+}
+
 at::Tensor EncoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& padding,
                                      MoEOutput* moe_out) {
-  auto ffn = [&](const at::Tensor& z) {
-    return is_moe() ? moe_ffn(z, padding, at::Tensor(), moe_out) : dense_ffn(z);
-  };
-  if (pre_norm_) {
-    at::Tensor h = x + drop(attention_->forward(norm1_->forward(x), padding));
-    return h + drop(ffn(norm2_->forward(h)));
-  }
-  at::Tensor h = norm1_->forward(x + drop(attention_->forward(x, padding)));
-  return norm2_->forward(h + drop(ffn(h)));
+  at::Tensor h = after_attention(x, attention_->forward(attention_input(x), padding));
+  at::Tensor z = ffn_input(h);
+  return after_ffn(h, is_moe() ? moe_ffn(z, padding, at::Tensor(), moe_out) : dense_ffn(z));
 }
 
 at::Tensor EncoderLayerImpl::forward_rows(const at::Tensor& x, const at::Tensor& padding,
@@ -137,22 +145,13 @@ at::Tensor EncoderLayerImpl::forward_rows(const at::Tensor& x, const at::Tensor&
     // The router needs every token's hidden state (aux loss, capacity, statistics), so the
     // attention half runs in full; the experts and what follows run at `rows` only.
     at::Tensor computed = at::zeros({x.size(0) * x.size(1)}, padding.options()).index_fill_(0, rows, true);
-    if (pre_norm_) {
-      at::Tensor h = x + drop(attention_->forward(norm1_->forward(x), padding));
-      return at_rows(h) + drop(at_rows(moe_ffn(norm2_->forward(h), padding, computed, moe_out)));
-    }
-    at::Tensor h = norm1_->forward(x + drop(attention_->forward(x, padding)));
-    return norm2_->forward(at_rows(h) + drop(at_rows(moe_ffn(h, padding, computed, moe_out))));
+    at::Tensor h = after_attention(x, attention_->forward(attention_input(x), padding));
+    return after_ffn(at_rows(h), at_rows(moe_ffn(ffn_input(h), padding, computed, moe_out)));
   }
   // Dense: only the attention context needs every position (keys and values).
-  if (pre_norm_) {
-    at::Tensor ctx = at_rows(attention_->context(norm1_->forward(x), padding));
-    at::Tensor h = at_rows(x) + drop(attention_->project(ctx));
-    return h + drop(dense_ffn(norm2_->forward(h)));
-  }
-  at::Tensor ctx = at_rows(attention_->context(x, padding));
-  at::Tensor h = norm1_->forward(at_rows(x) + drop(attention_->project(ctx)));
-  return norm2_->forward(h + drop(dense_ffn(h)));
+  at::Tensor context = at_rows(attention_->context(attention_input(x), padding));
+  at::Tensor h = after_attention(at_rows(x), attention_->project(context));
+  return after_ffn(h, dense_ffn(ffn_input(h)));
 }
 
 // ---- encoder -------------------------------------------------------------------------------

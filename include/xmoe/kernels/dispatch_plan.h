@@ -26,10 +26,11 @@ struct DispatchPlan {
   at::Tensor tokens_per_expert;  // [E] int64: active slots per expert, before dropping
   int64_t n_active = 0;          // active slots (before dropping)
   int64_t n_dropped = 0;         // active slots dropped by capacity
-  int64_t n_skipped = 0;         // kept slots of tokens whose output is not computed
 
   int64_t n_kept() const { return n_active - n_dropped; }
   int64_t n_rows() const { return offsets.empty() ? 0 : offsets.back(); }
+  /// Kept slots of tokens whose output is not computed (no row).
+  int64_t n_skipped() const { return n_kept() - n_rows(); }
   double dropped_fraction() const {
     return n_active == 0 ? 0.0 : static_cast<double>(n_dropped) / static_cast<double>(n_active);
   }

@@ -98,6 +98,11 @@ class EncoderLayerImpl : public torch::nn::Module {
   at::Tensor moe_ffn(const at::Tensor& x, const at::Tensor& padding, const at::Tensor& computed,
                      MoEOutput* moe_out);
   at::Tensor drop(const at::Tensor& x);  // residual-branch dropout (kernels::dropout)
+  // The norm/residual wiring around the two sub-layers, pre- or post-LN (header comment).
+  at::Tensor attention_input(const at::Tensor& x);
+  at::Tensor after_attention(const at::Tensor& x, const at::Tensor& attended);
+  at::Tensor ffn_input(const at::Tensor& h);
+  at::Tensor after_ffn(const at::Tensor& h, const at::Tensor& y);
 
   bool pre_norm_;
   double dropout_;
