@@ -3,11 +3,12 @@
 #include "xmoe/kernels/dropout.h"
 #include "xmoe/kernels/gemm.h"
 
+#include "softmax_rows.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -33,46 +34,42 @@ struct DropoutSpec {
   uint64_t key = 0;
 };
 
+// bias[b, j] = 0 for a real key, −∞ for padding: the mask of the row softmax.
+template <typename T>
+std::vector<T> key_bias(const at::Tensor& padding) {
+  const bool* pad = padding.data_ptr<bool>();
+  std::vector<T> bias(padding.numel());
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = pad[i] ? -std::numeric_limits<T>::infinity() : T(0);
+  return bias;
+}
+
 template <typename T>
 at::Tensor forward_kernel(const at::Tensor& qkv, const at::Tensor& padding, const Shape& s,
                           const DropoutSpec& drop, at::Tensor& probs_out) {
   const int64_t L = s.len, dh = s.head_dim, d = s.d(), H = s.heads;
   const T scale = T(1) / std::sqrt(static_cast<T>(dh));
   const T* x = qkv.data_ptr<T>();
-  const bool* pad = padding.data_ptr<bool>();
-  at::Tensor scores = at::empty({s.batch, H, L, L}, qkv.options());
-  T* sc = scores.data_ptr<T>();
-  // S = scale · Q Kᵀ + mask bias (0 or −∞ per key), one task per (b, h).
-  at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      T* S = sc + s.probs_offset(bh);
-      for (int64_t j = 0; j < L; ++j) S[j] = pad[b * L + j] ? -std::numeric_limits<T>::infinity() : T(0);
-      for (int64_t i = 1; i < L; ++i) std::copy(S, S + L, S + i * L);
-      const T* q = x + b * L * 3 * d + h * dh;
-      gemm(false, true, L, L, dh, scale, q, 3 * d, q + d, 3 * d, T(1), S, L);
-    }
-  });
-  // One vectorised softmax over every row; a sequence that is all padding has −∞ rows (NaN).
-  probs_out = at::_softmax(scores, -1, false);
-  T* P = probs_out.data_ptr<T>();
-  for (int64_t b = 0; b < s.batch; ++b) {
-    if (std::all_of(pad + b * L, pad + (b + 1) * L, [](bool v) { return v; }))
-      std::fill(P + s.probs_offset(b * H), P + s.probs_offset((b + 1) * H), T(0));
-  }
+  const std::vector<T> bias = key_bias<T>(padding);
+  probs_out = at::empty({s.batch, H, L, L}, qkv.options());
+  T* probs = probs_out.data_ptr<T>();
   at::Tensor context = at::empty({s.batch, L, d}, qkv.options());
   T* out = context.data_ptr<T>();
+  // One task per (b, h): S = scale · Q Kᵀ, the masked row softmax while S is in cache, then
+  // O = dropout(P) V.
   at::parallel_for(0, s.batch * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> dropped(drop.on ? L * L : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      const T* W = P + s.probs_offset(bh);
+      const T* q = x + b * L * 3 * d + h * dh;
+      T* P = probs + s.probs_offset(bh);
+      gemm(false, true, L, L, dh, scale, q, 3 * d, q + d, 3 * d, T(0), P, L);
+      detail::masked_softmax_rows(P, L, L, bias.data() + b * L);
+      const T* W = P;
       if (drop.on) {
-        apply_dropout_mask(W, dropped.data(), L * L, s.probs_offset(bh), drop.p, drop.key);
+        apply_dropout_mask(P, dropped.data(), L * L, s.probs_offset(bh), drop.p, drop.key);
         W = dropped.data();
       }
-      const T* v = x + b * L * 3 * d + 2 * d + h * dh;
-      gemm(false, false, L, dh, L, T(1), W, L, v, 3 * d, T(0), out + b * L * d + h * dh, d);
+      gemm(false, false, L, dh, L, T(1), W, L, q + 2 * d, 3 * d, T(0), out + b * L * d + h * dh, d);
     }
   });
   return context;
@@ -109,13 +106,7 @@ at::Tensor backward_kernel(const at::Tensor& qkv, const at::Tensor& probs, const
       if (drop.on) {
         for (int64_t j = 0; j < L * L; ++j) dS[j] *= keep[j];
       }
-      for (int64_t i = 0; i < L; ++i) {  // softmax backward, scaled
-        T* r = dS.data() + i * L;
-        const T* p = P + i * L;
-        T dot = 0;
-        for (int64_t j = 0; j < L; ++j) dot += r[j] * p[j];
-        for (int64_t j = 0; j < L; ++j) r[j] = p[j] * (r[j] - dot) * scale;
-      }
+      detail::softmax_backward_rows(dS.data(), P, L, L, scale);
       gemm(false, false, L, dh, L, T(1), dS.data(), L, x + row0 + d, 3 * d, T(0), dx + row0, 3 * d);  // dQ
       gemm(true, false, L, dh, L, T(1), dS.data(), L, x + row0, 3 * d, T(0), dx + row0 + d, 3 * d);   // dK
     }
