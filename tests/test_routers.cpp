@@ -1,4 +1,5 @@
 // Each router's scores, gates, choices and aux losses on hand-computed tiny cases (SPEC §2, §3).
+#include "xmoe/kernels/nonfinite.h"
 #include "xmoe/routing/dot_router.h"
 #include "xmoe/routing/hypersphere_router.h"
 #include "xmoe/routing/noisy_topk_router.h"
@@ -88,6 +89,29 @@ TEST(DotRouter, NonFiniteInputIsRefusedOrCounted) {
   auto lenient = make<DotRouterImpl>(RouterOptions(2, 2).check_finite(false));
   RoutingResult out = lenient->route(h);
   EXPECT_EQ(out.stats.nonfinite_count, 4);  // scores of the 2 bad tokens
+}
+
+TEST(CountNonfinite, CountsNanAndInfinitiesInEveryLayout) {
+  // Finite edge values (largest, smallest denormal, −0) must not count; spread over more than one
+  // parallel chunk (65 536 elements) in float and double, and through the ATen fallback.
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+    at::Tensor t = at::zeros({300000}, dtype);
+    const double big = dtype == at::kFloat ? 3.4e38 : 1.7e308;
+    const double tiny = dtype == at::kFloat ? 1.4e-45 : 4.9e-324;
+    t[1] = big;
+    t[2] = -big;
+    t[3] = tiny;
+    t[4] = -0.0;
+    t[10] = NAN;
+    t[70000] = INFINITY;
+    t[299999] = -INFINITY;
+    t[150000] = -NAN;
+    EXPECT_EQ(kernels::count_nonfinite(t), 4) << dtype;
+    EXPECT_EQ(kernels::count_nonfinite(t.view({600, 500}).t()), 4) << dtype;  // non-contiguous
+    EXPECT_EQ(kernels::count_nonfinite(t.narrow(0, 11, 1000)), 0) << dtype;
+  }
+  EXPECT_EQ(kernels::count_nonfinite(at::empty({0, 3})), 0);
+  EXPECT_EQ(kernels::count_nonfinite(at::ones({4}, at::kHalf).index_fill_(0, at::tensor({int64_t{1}}), NAN)), 1);
 }
 
 // ---- noisy top-k ---------------------------------------------------------------------------

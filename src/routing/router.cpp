@@ -1,5 +1,6 @@
 #include "xmoe/routing/router.h"
 
+#include "xmoe/kernels/nonfinite.h"
 #include "xmoe/routing/dot_router.h"
 #include "xmoe/routing/hypersphere_router.h"
 #include "xmoe/routing/losses.h"
@@ -110,8 +111,7 @@ at::Tensor RouterImpl::maybe_jitter(const at::Tensor& h) {
 }
 
 int64_t RouterImpl::check_finite(const at::Tensor& t, const char* what) const {
-  at::NoGradGuard no_grad;
-  const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+  const int64_t bad = kernels::count_nonfinite(t);
   if (bad > 0 && options_.check_finite()) {
     std::ostringstream msg;
     msg << "xmoe router (layer '" << options_.name() << "', kind '" << options_.kind()
