@@ -39,7 +39,8 @@ template <typename T>
 std::vector<T> key_bias(const at::Tensor& padding) {
   const bool* pad = padding.data_ptr<bool>();
   std::vector<T> bias(padding.numel());
-  for (size_t i = 0; i < bias.size(); ++i) bias[i] = pad[i] ? -std::numeric_limits<T>::infinity() : T(0);
+  for (size_t i = 0; i < bias.size(); ++i)
+    bias[i] = pad[i] ? -std::numeric_limits<T>::infinity() : T(0);
   return bias;
 }
 

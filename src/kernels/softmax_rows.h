@@ -1,7 +1,8 @@
 // Row-wise softmax with a key mask, and its backward, for the fused attention kernel (internal).
 //
 //   forward, in place on S [rows, n]:
-//     P[i, j] = e^(S[i, j] + bias[j] − m_i) / Σ_k e^(S[i, k] + bias[k] − m_i),  m_i = max_k S[i, k] + bias[k]
+//     P[i, j] = e^(S[i, j] + bias[j] − m_i) / Σ_k e^(S[i, k] + bias[k] − m_i),
+//     m_i = max_k S[i, k] + bias[k],
 //     bias[j] = 0 for a real key, −∞ for padding (whatever S holds there); with no real key the
 //     rows are 0.
 //   backward, in place on dP [rows, n]:

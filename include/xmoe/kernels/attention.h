@@ -13,8 +13,8 @@
 // nan_to_num and dropout are each another pass (~20 % of a tiny training step,
 // docs/performance.md). Here each (b, h) is one task whose GEMMs read qkv and write the context
 // in place through row strides, with the masked row softmax run on its scores while they are
-// still in cache (src/kernels/softmax_rows.h); backward uses the saved P and regenerates the dropout mask from
-// its key:  dW = dO Vᵀ,  dV = Wᵀ dO,  dP = dropout(dW),  dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √dh,
+// still in cache (src/kernels/softmax_rows.h); backward uses the saved P and regenerates the
+// dropout mask from its key:  dW = dO Vᵀ,  dV = Wᵀ dO,  dP = dropout(dW),  dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √dh,
 // dQ = dS K,  dK = dSᵀ Q.
 #pragma once
 
