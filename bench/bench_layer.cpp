@@ -34,7 +34,7 @@ void BM_MoELayerForwardBackward(benchmark::State& state) {
     at::Tensor x = h.detach().requires_grad_();
     xmoe::MoEOutput out = layer->forward(x);
     ((out.output * grad).sum() + out.aux_loss).backward();
-    rows = out.plan.n_kept();
+    rows = out.plan.n_rows();
   }
   state.SetItemsProcessed(state.iterations() * tokens);
   state.counters["GFLOP/s"] = benchmark::Counter(

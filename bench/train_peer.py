@@ -199,14 +199,23 @@ class Block(nn.Module):
         y, aux = self.moe(x.reshape(b * l, d), (~padding).reshape(-1), computed)
         return y.view(b, l, d), aux
 
+    # Pre-LN: LN before each sub-layer, plain residual after; post-LN: LN after the residual.
+    def attention_input(self, x):
+        return self.norm1(x) if self.pre_norm else x
+
+    def after_attention(self, x, attended):
+        return x + self.dropout(attended) if self.pre_norm else self.norm1(x + self.dropout(attended))
+
+    def ffn_input(self, h):
+        return self.norm2(h) if self.pre_norm else h
+
+    def after_ffn(self, h, y):
+        return h + self.dropout(y) if self.pre_norm else self.norm2(h + self.dropout(y))
+
     def forward(self, x, padding):
-        if self.pre_norm:
-            h = x + self.dropout(self.attention(self.norm1(x), padding))
-            y, aux = self.ffn(self.norm2(h), padding)
-            return h + self.dropout(y), aux
-        h = self.norm1(x + self.dropout(self.attention(x, padding)))
-        y, aux = self.ffn(h, padding)
-        return self.norm2(h + self.dropout(y)), aux
+        h = self.after_attention(x, self.attention(self.attention_input(x), padding))
+        y, aux = self.ffn(self.ffn_input(h), padding)
+        return self.after_ffn(h, y), aux
 
     def forward_rows(self, x, padding, rows):
         """forward() at the flat positions `rows` only, after the attention: [M, d]."""
@@ -214,18 +223,13 @@ class Block(nn.Module):
         at = lambda t: t.reshape(-1, d).index_select(0, rows)
         if self.moe is not None:  # the router sees every token
             computed = torch.zeros(x.shape[0] * x.shape[1], dtype=torch.bool).index_fill_(0, rows, True)
-            if self.pre_norm:
-                h = x + self.dropout(self.attention(self.norm1(x), padding))
-                y, aux = self.ffn(self.norm2(h), padding, computed)
-                return at(h) + self.dropout(at(y)), aux
-            h = self.norm1(x + self.dropout(self.attention(x, padding)))
-            y, aux = self.ffn(h, padding, computed)
-            return self.norm2(at(h) + self.dropout(at(y))), aux
-        if self.pre_norm:
-            h = at(x) + self.dropout(self.attention.out(at(self.attention.context(self.norm1(x), padding))))
-            return h + self.dropout(self.ffn(self.norm2(h), padding)[0]), None
-        h = self.norm1(at(x) + self.dropout(self.attention.out(at(self.attention.context(x, padding)))))
-        return self.norm2(h + self.dropout(self.ffn(h, padding)[0])), None
+            h = self.after_attention(x, self.attention(self.attention_input(x), padding))
+            y, aux = self.ffn(self.ffn_input(h), padding, computed)
+            return self.after_ffn(at(h), at(y)), aux
+        # Dense: only the attention context needs every position (keys and values).
+        context = at(self.attention.context(self.attention_input(x), padding))
+        h = self.after_attention(at(x), self.attention.out(context))
+        return self.after_ffn(h, self.ffn(self.ffn_input(h), padding)[0]), None
 
 
 class Encoder(nn.Module):

@@ -210,19 +210,16 @@ EncoderOutput MoEEncoderImpl::run(const at::Tensor& ids, const at::Tensor& rows)
 
   EncoderOutput out;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const bool last = i + 1 == layers_.size();
-    if (layers_[i]->is_moe()) {
-      MoEOutput moe;
-      x = last && rows.defined() ? layers_[i]->forward_rows(x, padding, rows, &moe)
-                                 : layers_[i]->forward(x, padding, &moe);
-      out.aux_loss = out.aux_loss.defined() ? out.aux_loss + moe.aux_loss : moe.aux_loss;
-      out.moe_input.push_back(moe.input);
-      out.moe.push_back(std::move(moe));
-      out.moe_layer_index.push_back(static_cast<int64_t>(i));
-    } else {
-      x = last && rows.defined() ? layers_[i]->forward_rows(x, padding, rows, nullptr)
-                                 : layers_[i]->forward(x, padding, nullptr);
-    }
+    EncoderLayer& layer = layers_[i];
+    MoEOutput moe;
+    MoEOutput* moe_out = layer->is_moe() ? &moe : nullptr;
+    x = rows.defined() && i + 1 == layers_.size() ? layer->forward_rows(x, padding, rows, moe_out)
+                                                   : layer->forward(x, padding, moe_out);
+    if (!moe_out) continue;
+    out.aux_loss = out.aux_loss.defined() ? out.aux_loss + moe.aux_loss : moe.aux_loss;
+    out.moe_input.push_back(moe.input);
+    out.moe.push_back(std::move(moe));
+    out.moe_layer_index.push_back(static_cast<int64_t>(i));
   }
   out.hidden = options_.pre_norm() ? final_norm_->forward(x) : x;
   if (!out.aux_loss.defined()) out.aux_loss = at::zeros({}, x.options());
