@@ -3,6 +3,7 @@
 // docs/run-directory.md.
 //   xmoe analyze RUN_DIR [RUN_DIR ...] [--out DIR] [--window M] [--token-map-points N]
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/analysis/run_analysis.h"
 
@@ -91,10 +92,10 @@ void register_analyze(CLI::App& app) {
                   "Output folder (default: RUN_DIR/analysis for one run, else ./analysis)");
   cmd->add_option("--window", args->window,
                   "Steps per consistency window (default: 10 x the runs' log.every)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--token-map-points", args->token_map_points,
                   "Probe tokens per token map, the first N (default 2000; 0 = no maps)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->callback([args] { run_analyze(*args); });
 }
 

@@ -3,6 +3,7 @@
 // calls on the same block sizes — so the ratio to the machine's GEMM speed is in the same run.
 #include "bench_timing.h"
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/kernels/gemm.h"
 #include "xmoe/moe/moe_layer.h"
@@ -151,17 +152,17 @@ void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = bench->add_subcommand(
       "layer", "Time forward + backward of one MoE layer and its bare GEMM limit (JSON line)");
-  cmd->add_option("--tokens", args->tokens, "Tokens T")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--d-model", args->d_model, "Model width d")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--d-ff", args->d_ff, "Expert hidden width")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--experts", args->experts, "Experts E")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--top-k", args->top_k, "Experts per token")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--expert-depth", args->depth, "FFN sub-layers per expert")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens", args->tokens, "Tokens T")->capture_default_str()->check(kPositive);
+  cmd->add_option("--d-model", args->d_model, "Model width d")->capture_default_str()->check(kPositive);
+  cmd->add_option("--d-ff", args->d_ff, "Expert hidden width")->capture_default_str()->check(kPositive);
+  cmd->add_option("--experts", args->experts, "Experts E")->capture_default_str()->check(kPositive);
+  cmd->add_option("--top-k", args->top_k, "Experts per token")->capture_default_str()->check(kPositive);
+  cmd->add_option("--expert-depth", args->depth, "FFN sub-layers per expert")->capture_default_str()->check(kPositive);
   cmd->add_option("--router", args->router, "Router kind")->capture_default_str();
-  cmd->add_option("--capacity-factor", args->capacity_factor, "0 = dropless")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--capacity-factor", args->capacity_factor, "0 = dropless")->capture_default_str()->check(kNonNegative);
   cmd->add_option("--path", args->path, "Expert path")->capture_default_str()->check(CLI::IsMember({"fast", "reference"}));
-  cmd->add_option("--iters", args->iters, "Timed iterations (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", args->warmup, "Untimed iterations first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--iters", args->iters, "Timed iterations (median reported)")->capture_default_str()->check(kPositive);
+  cmd->add_option("--warmup", args->warmup, "Untimed iterations first")->capture_default_str()->check(kNonNegative);
   cmd->add_option("--seed", args->seed, "Seed")->capture_default_str();
   cmd->callback([args] { run_bench_layer(*args); });
 }

@@ -1,6 +1,7 @@
 // xmoe corpus build: builds the multilingual text corpus (LibreOffice help, man pages, fortunes
 // from Debian packages) by running scripts/corpus/build_corpus.py with python3; docs/corpus.md.
 #include "commands.h"
+#include "validators.h"
 #include "python_script.h"
 
 #include <memory>
@@ -58,9 +59,9 @@ void register_corpus(CLI::App& app) {
                     "Comma-separated sources (default all: libreoffice,manpages,fortunes)");
   build->add_option("--max-paragraphs-per-language", args->max_paragraphs,
                     "Keep at most N paragraphs per language (0 = all)")
-      ->check(CLI::Range(int64_t{0}, int64_t{1000000000}));
+      ->check(int_in(0, 1000000000));
   build->add_option("--jobs", args->jobs, "Parallel man page renderings (default: the cores)")
-      ->check(CLI::Range(1, 1024));
+      ->check(int_in(1, 1024));
   build->add_flag("--keys", args->keys, "Also write <split>/<lang>.keys (the key of each line)");
   build->add_flag("--quiet", args->quiet, "No progress lines");
   build->callback([args] { run_corpus_build(*args); });

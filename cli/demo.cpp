@@ -1,6 +1,7 @@
 // xmoe demo: builds a small MoE layer per router, routes random tokens through it (training
 // mode, forward + backward) and prints the per-expert loads and the aux losses.
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/moe/moe_layer.h"
 #include "xmoe/util/init.h"
@@ -65,10 +66,10 @@ void register_demo(CLI::App& app) {
   auto args = std::make_shared<DemoArgs>();
   CLI::App* cmd = app.add_subcommand("demo", "Route random tokens through each router and print "
                                              "expert loads and aux losses");
-  cmd->add_option("--tokens", args->tokens, "Tokens")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--d-model", args->d_model, "Model width")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--d-ff", args->d_ff, "Expert hidden width")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--experts", args->experts, "Experts")->capture_default_str()->check(CLI::Range(2, 4096));
+  cmd->add_option("--tokens", args->tokens, "Tokens")->capture_default_str()->check(kPositive);
+  cmd->add_option("--d-model", args->d_model, "Model width")->capture_default_str()->check(kPositive);
+  cmd->add_option("--d-ff", args->d_ff, "Expert hidden width")->capture_default_str()->check(kPositive);
+  cmd->add_option("--experts", args->experts, "Experts")->capture_default_str()->check(int_in(2, 4096));
   cmd->add_option("--seed", args->seed, "Seed")->capture_default_str();
   cmd->callback([args] { run_demo(*args); });
 }

@@ -2,6 +2,7 @@
 //   xmoe eval --checkpoint RUN_DIR|FILE [--split valid|test] [--corpus DIR] [--max-batches N]
 //             [--json]
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/train/evaluate.h"
@@ -67,7 +68,7 @@ void register_eval(CLI::App& app) {
       ->check(CLI::IsMember({"train", "valid", "test"}));
   cmd->add_option("--corpus", args->corpus, "Corpus root (default: the one in the run's config)");
   cmd->add_option("--max-batches", args->max_batches, "Batches per language, 0 = all (default)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_flag("--json", args->json, "One JSON line instead of a table");
   cmd->callback([args] { run_eval(*args); });
 }

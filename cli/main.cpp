@@ -1,5 +1,6 @@
 // xmoe: command-line front end. Subcommands are in cli/<name>.cpp.
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/util/heap.h"
 
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
   // LibTorch starts with one intra-op thread; use every core unless told otherwise.
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "Intra-op threads (default: the number of cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(xmoe::cli::kPositive);
   app.parse_complete_callback([&] { at::set_num_threads(threads); });
 
   xmoe::cli::register_analyze(app);

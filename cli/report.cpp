@@ -4,6 +4,7 @@
 //   xmoe report RUN_DIR [RUN_DIR ...] --out DIR [--window M] [--token-map-points N]
 //               [--tsne-points N]
 #include "commands.h"
+#include "validators.h"
 #include "python_script.h"
 
 #include "xmoe/analysis/run_analysis.h"
@@ -65,13 +66,13 @@ void register_report(CLI::App& app) {
   cmd->add_option("--out", args->out, "Report folder (index.html, figures, analysis/)")->required();
   cmd->add_option("--window", args->window,
                   "Steps per consistency window (default: 10 x the runs' log.every)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--token-map-points", args->token_map_points,
                   "Probe tokens per token map, the first N (default 2000; 0 = no maps)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--tsne-points", args->tsne_points,
                   "Points per t-SNE map (default: the script's, 2000; 0 = PCA only)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->callback([args] { run_report(*args); });
 }
 

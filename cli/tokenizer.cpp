@@ -5,6 +5,7 @@
 //   xmoe tokenizer encode --model M.model [--pieces] [TEXT...]   (no TEXT: one line per stdin line)
 //   xmoe tokenizer decode --model M.model ID...
 #include "commands.h"
+#include "validators.h"
 
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/data/tokenizer_trainer.h"
@@ -117,7 +118,7 @@ void register_tokenizer(CLI::App& app) {
                 "Lines sampled per language; 0 = as many as the smallest language has (at most " +
                     std::to_string(kAutoLinesCap) + ")")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   t->add_option("--seed", train->seed, "Seed of the line sample")->capture_default_str();
   t->add_option("--character-coverage", train->character_coverage,
                 "Share of characters covered by the vocabulary")

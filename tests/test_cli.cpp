@@ -681,4 +681,23 @@ TEST(CliHelpAndDemo, HelpAndDemoRun) {
   EXPECT_EQ(demo.find("nan"), std::string::npos);
 }
 
+// Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.
+TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
+  TempDir dir("xmoe_cli_numbers");
+  const std::vector<std::string> args = {"bench layer --tokens 0", "--threads 0 demo",
+                                         "demo --experts 1", "bench layer --warmup -1",
+                                         "bench layer --d-model abc", "corpus build --jobs 2000"};
+  const std::vector<std::string> expected = {
+      "--tokens: must be > 0 (got 0)", "--threads: must be > 0 (got 0)",
+      "--experts: must be in [2, 4096] (got 1)", "--warmup: must be >= 0 (got -1)",
+      "--d-model: 'abc' is not a number", "--jobs: must be in [1, 1024] (got 2000)"};
+  const std::vector<CliResult> r = run_cli_all(dir, args);
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    ASSERT_TRUE(r[i].exited) << r[i].args;
+    EXPECT_NE(r[i].code, 0) << r[i].args;
+    EXPECT_TRUE(Contains(r[i].err, expected[i])) << r[i].args << "\n" << r[i].err;
+    EXPECT_FALSE(Contains(r[i].err, "0.000000")) << r[i].err;
+  }
+}
+
 }  // namespace
