@@ -219,11 +219,13 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   std::uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | length_bytes[i];
   if (header_size > kMaxHeaderBytes) {
-    fail(path, "header length " + std::to_string(header_size) + " exceeds the limit of " +
+    fail(path, "not a safetensors file, or a corrupt one: header length " +
+                   std::to_string(header_size) + " exceeds the limit of " +
                    std::to_string(kMaxHeaderBytes) + " bytes");
   }
   if (header_size > file_size - 8) {
-    fail(path, "header length " + std::to_string(header_size) + " exceeds the file size of " +
+    fail(path, "not a safetensors file, or a truncated one: header length " +
+                   std::to_string(header_size) + " exceeds the file size of " +
                    std::to_string(file_size) + " bytes");
   }
   const std::uint64_t data_start = 8 + header_size;
