@@ -1,5 +1,5 @@
 // The fused CPU kernels of the encoder — hash dropout, embedding lookup, attention, linear, GELU,
-// cross-entropy — against plain references: mask statistics, equality with the ATen composition
+// cross-entropy, the routing gate — against plain references: mask statistics, equality with the ATen composition
 // for the same generator state, and central-difference gradient checks in double precision.
 #include "xmoe/kernels/attention.h"
 #include "xmoe/kernels/cross_entropy.h"
@@ -7,6 +7,9 @@
 #include "xmoe/kernels/embedding.h"
 #include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/linear.h"
+#include "xmoe/kernels/routing_gate.h"
+#include "xmoe/routing/losses.h"
+#include "xmoe/routing/topk.h"
 #include "xmoe/util/init.h"
 
 #include "../src/kernels/vec_math.h"  // private to the kernels; its exp is tested here
@@ -18,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 
 #include "test_util.h"
 
@@ -424,6 +428,147 @@ TEST(FusedCrossEntropy, GradientMatchesFiniteDifferencesAndBadLabelsAreNamed) {
   EXPECT_THROW(kernels::cross_entropy(normal({2, 5}, 55), at::tensor({1}, at::kLong)), c10::Error);
   EXPECT_TRUE(
       std::isnan(kernels::cross_entropy(at::empty({0, 5}), at::empty({0}, at::kLong)).item<double>()));
+}
+
+// ---- routing gate ------------------------------------------------------------------------
+
+struct GateCase {
+  bool sigmoid;
+  int64_t k;
+  bool normalize;
+  bool separate_balance;
+};
+
+std::string describe(const GateCase& c) {
+  return std::string(c.sigmoid ? "sigmoid" : "softmax") + " k=" + std::to_string(c.k) +
+         (c.normalize ? " normalised" : "") + (c.separate_balance ? " separate balance" : "");
+}
+
+// The ATen composition the routers ran before the fused gate (still their path off the CPU).
+kernels::RoutingGate reference_gate(const at::Tensor& l, const at::Tensor& b, const GateCase& c) {
+  xmoe::GateSelection sel =
+      xmoe::gate_topk(l, c.k, c.sigmoid ? xmoe::GateKind::kSigmoid : xmoe::GateKind::kSoftmax,
+                      c.normalize, xmoe::SecondExpertPolicy::kAll, /*training=*/true,
+                      make_generator(1));
+  kernels::RoutingGate out;
+  out.gates = sel.gates;
+  out.expert_ids = sel.expert_ids;
+  out.balance_loss = xmoe::switch_balance_loss(b.defined() ? at::softmax(b, 1) : sel.gate_probs,
+                                               sel.expert_ids.select(1, 0));
+  out.z_loss = xmoe::router_z_loss(l);
+  out.tokens_per_expert = at::bincount(sel.expert_ids.reshape({-1}), {}, l.size(1));
+  out.entropy = xmoe::mean_entropy(sel.gate_probs);
+  return out;
+}
+
+std::vector<GateCase> gate_cases() {
+  std::vector<GateCase> cases;
+  for (bool sigmoid : {false, true})
+    for (int64_t k : {1, 2, 3})
+      for (bool normalize : {false, true})
+        for (bool separate : {false, true}) cases.push_back({sigmoid, k, normalize, separate});
+  return cases;
+}
+
+TEST(RoutingGate, EqualsTheAtenCompositionForwardAndBackward) {
+  // T = 300 spans two 256-row blocks; logits rounded to halves make ties, which both sides must
+  // break toward the lower expert index.
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+    for (int64_t n_expert : {5, 8}) {
+      at::Tensor l0 = (normal({300, n_expert}, 60, dtype) * 4).round() / 2;
+      at::Tensor b0 = normal({300, n_expert}, 61, dtype) * 3;
+      for (const GateCase& c : gate_cases()) {
+        SCOPED_TRACE(describe(c) + " E=" + std::to_string(n_expert) + " " + c10::toString(dtype));
+        const double tol = dtype == at::kFloat ? 1e-5 : 1e-12;
+        at::Tensor l1 = l0.clone().set_requires_grad(true), l2 = l0.clone().set_requires_grad(true);
+        at::Tensor b1 = b0.clone().set_requires_grad(true), b2 = b0.clone().set_requires_grad(true);
+        kernels::RoutingGate fused =
+            kernels::routing_gate(l1, c.separate_balance ? b1 : at::Tensor(), c.k, c.sigmoid, c.normalize);
+        kernels::RoutingGate ref = reference_gate(l2, c.separate_balance ? b2 : at::Tensor(), c);
+        EXPECT_TRUE(at::equal(fused.expert_ids, ref.expert_ids));
+        EXPECT_TRUE(at::allclose(fused.gates, ref.gates, tol, tol)) << (fused.gates - ref.gates).abs().max();
+        EXPECT_NEAR(fused.balance_loss.item<double>(), ref.balance_loss.item<double>(), tol);
+        EXPECT_NEAR(fused.z_loss.item<double>(), ref.z_loss.item<double>(), tol * 10);
+        EXPECT_TRUE(at::equal(fused.tokens_per_expert, ref.tokens_per_expert));
+        EXPECT_NEAR(fused.entropy, ref.entropy, tol);
+        at::Tensor G = normal(fused.gates.sizes(), 62, dtype);
+        for (kernels::RoutingGate* r : {&fused, &ref})
+          ((r->gates * G).sum() + 3 * r->balance_loss + 5 * r->z_loss).backward();
+        EXPECT_TRUE(at::allclose(l1.grad(), l2.grad(), tol, tol)) << (l1.grad() - l2.grad()).abs().max();
+        if (c.separate_balance) {
+          EXPECT_TRUE(at::allclose(b1.grad(), b2.grad(), tol, tol)) << (b1.grad() - b2.grad()).abs().max();
+        } else {
+          EXPECT_FALSE(b1.grad().defined());
+        }
+      }
+    }
+  }
+}
+
+TEST(RoutingGate, HandComputedValues) {
+  // p = (1/4, 3/4) and (3/4, 1/4): first choices 1 and 0, f = P = (1/2, 1/2), balance = 2 · (1/4 +
+  // 1/4) = 1; log Σ e^l = ln 4 in both rows, z = (ln 4)²; gates 3/4.
+  const double ln3 = std::log(3.0);
+  at::Tensor l = at::tensor({0.0, ln3, ln3, 0.0}, at::kDouble).view({2, 2});
+  kernels::RoutingGate g = kernels::routing_gate(l, at::Tensor(), 1, false, false);
+  EXPECT_TRUE(at::equal(g.expert_ids, at::tensor({1, 0}, at::kLong).view({2, 1})));
+  EXPECT_NEAR(g.gates[0][0].item<double>(), 0.75, 1e-15);
+  EXPECT_NEAR(g.gates[1][0].item<double>(), 0.75, 1e-15);
+  EXPECT_NEAR(g.balance_loss.item<double>(), 1.0, 1e-15);
+  EXPECT_NEAR(g.z_loss.item<double>(), std::pow(std::log(4.0), 2), 1e-14);
+  EXPECT_NEAR(g.entropy, -(0.25 * std::log(0.25) + 0.75 * std::log(0.75)), 1e-15);
+  // Sigmoid gate, k = 2: σ(ln 3) = 3/4, σ(0) = 1/2, never renormalised.
+  kernels::RoutingGate s = kernels::routing_gate(l, at::Tensor(), 2, true, true);
+  EXPECT_TRUE(at::allclose(s.gates, at::tensor({0.75, 0.5, 0.75, 0.5}, at::kDouble).view({2, 2}), 0, 1e-15));
+  EXPECT_TRUE(at::equal(s.tokens_per_expert, at::tensor({2, 2}, at::kLong)));
+}
+
+TEST(RoutingGate, GradientsMatchFiniteDifferences) {
+  at::Tensor l0 = normal({7, 5}, 63, at::kDouble), b0 = normal({7, 5}, 64, at::kDouble);
+  for (const GateCase& c : gate_cases()) {
+    SCOPED_TRACE(describe(c));
+    auto outputs = [](const kernels::RoutingGate& g) {
+      return at::cat({g.gates.reshape({-1}), g.balance_loss.view({1}), g.z_loss.view({1})});
+    };
+    auto in_l = [&](const at::Tensor& l) {
+      return outputs(kernels::routing_gate(l, c.separate_balance ? b0 : at::Tensor(), c.k, c.sigmoid, c.normalize));
+    };
+    EXPECT_LT(max_gradient_error(in_l, l0), 1e-7);
+    if (c.separate_balance) {
+      auto in_b = [&](const at::Tensor& b) {
+        return outputs(kernels::routing_gate(l0, b, c.k, c.sigmoid, c.normalize));
+      };
+      EXPECT_LT(max_gradient_error(in_b, b0), 1e-7);
+    }
+  }
+}
+
+TEST(RoutingGate, SameBitsForAnyThreadCount) {
+  at::Tensor l = normal({1000, 16}, 65);
+  const int threads = at::get_num_threads();
+  std::vector<kernels::RoutingGate> runs;
+  for (int n : {1, 2, 3}) {
+    at::set_num_threads(n);
+    runs.push_back(kernels::routing_gate(l, l * 0.5, 2, false, true));
+  }
+  at::set_num_threads(threads);
+  for (const auto& r : runs) {
+    EXPECT_TRUE(at::equal(r.gates, runs[0].gates));
+    EXPECT_EQ(r.balance_loss.item<float>(), runs[0].balance_loss.item<float>());
+    EXPECT_EQ(r.z_loss.item<float>(), runs[0].z_loss.item<float>());
+    EXPECT_EQ(r.entropy, runs[0].entropy);
+  }
+}
+
+TEST(RoutingGate, BadArgumentsAreNamed) {
+  at::Tensor l = normal({4, 3}, 66);
+  EXPECT_TRUE(Contains(error_message<c10::Error>([&] { kernels::routing_gate(l, at::Tensor(), 4, false, false); }),
+                       "k = 4 must be in [1, E = 3]"));
+  EXPECT_TRUE(Contains(error_message<c10::Error>([&] { kernels::routing_gate(l, normal({4, 2}, 67), 1, false, false); }),
+                       "must match the gate logits"));
+  EXPECT_FALSE(kernels::routing_gate_supported(at::empty({0, 3})));
+  EXPECT_FALSE(kernels::routing_gate_supported(l.to(at::kHalf)));
+  EXPECT_THROW(kernels::routing_gate(l.to(at::kHalf), at::Tensor(), 1, false, false), c10::Error);
 }
 
 }  // namespace

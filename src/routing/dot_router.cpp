@@ -19,9 +19,8 @@ RoutingResult DotRouterImpl::route(const at::Tensor& h, const RouteInputs& /*inp
   at::Tensor x = maybe_jitter(h);
   at::Tensor scores = at::matmul(x, weight.t());  // [T, E]  s_i = h·e_i
   const int64_t bad = check_finite(scores, "router scores");
-  RoutingResult result = finish_routing(scores, scores, at::softmax(scores, 1));
+  RoutingResult result = finish_routing(scores, scores, at::Tensor(), bad);
   result.router_input = h.detach();
-  result.stats.nonfinite_count = bad;
   return result;
 }
 

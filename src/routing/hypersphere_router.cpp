@@ -48,21 +48,19 @@ RoutingResult HypersphereRouterImpl::route(const at::Tensor& h, const RouteInput
   at::Tensor x = maybe_jitter(h);
   at::Tensor z = options_.dim_reduction() ? at::matmul(x, proj.t()) : x;  // [T, d_e]
 
-  at::Tensor scores, logits, balance_probs;
+  at::Tensor scores, logits, balance_logits;  // balance_logits undefined: the gate logits
   if (options_.l2_norm()) {
     at::Tensor zn = options_.normalize_tokens() ? l2_normalize(z, kNormEps) : z;
     scores = at::matmul(zn, l2_normalize(expert_embed, kNormEps).t());  // [T, E] cosine
     logits = scores / temperature.clamp_min(kMinTemperature);
-    balance_probs = at::softmax(scores / options_.balance_temperature(), 1);
+    balance_logits = scores / options_.balance_temperature();
   } else {
     scores = at::matmul(z, expert_embed.t());  // plain dot product, no temperature
     logits = scores;
-    balance_probs = at::softmax(scores, 1);
   }
   const int64_t bad = check_finite(scores, "router scores");
-  RoutingResult result = finish_routing(scores, logits, balance_probs);
+  RoutingResult result = finish_routing(scores, logits, balance_logits, bad);
   result.router_input = z.detach();
-  result.stats.nonfinite_count = bad;
   return result;
 }
 

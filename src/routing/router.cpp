@@ -1,6 +1,7 @@
 #include "xmoe/routing/router.h"
 
 #include "xmoe/kernels/nonfinite.h"
+#include "xmoe/kernels/routing_gate.h"
 #include "xmoe/routing/dot_router.h"
 #include "xmoe/routing/hypersphere_router.h"
 #include "xmoe/routing/losses.h"
@@ -123,16 +124,36 @@ int64_t RouterImpl::check_finite(const at::Tensor& t, const char* what) const {
 }
 
 RoutingResult RouterImpl::finish_routing(const at::Tensor& scores, const at::Tensor& logits,
-                                         const at::Tensor& balance_probs) {
+                                         const at::Tensor& balance_logits, int64_t nonfinite) {
   const RouterOptions& opt = options_;
-  GateSelection sel = gate_topk(logits, opt.top_k(), opt.gate(), opt.normalize_topk(),
-                                opt.second_expert_policy(), is_training(), generator_);
   RoutingResult result;
   result.scores = scores;
   result.gate_logits = logits;
+  result.stats.nonfinite_count = nonfinite;
+  // The random second-expert policies draw from the generator between the ATen operators, so
+  // only the deterministic choice runs fused.
+  const bool random_policy = is_training() && opt.top_k() > 1 &&
+                             opt.second_expert_policy() != SecondExpertPolicy::kAll;
+  if (nonfinite == 0 && !random_policy && kernels::routing_gate_supported(logits)) {
+    kernels::RoutingGate gate =
+        kernels::routing_gate(logits, balance_logits, opt.top_k(),
+                              opt.gate() == GateKind::kSigmoid, opt.normalize_topk());
+    result.expert_ids = gate.expert_ids;
+    result.gates = gate.gates;
+    result.active = at::ones(gate.gates.sizes(), logits.options().dtype(at::kBool));
+    result.aux["balance"] = gate.balance_loss;
+    result.aux["z"] = gate.z_loss;
+    result.stats.tokens_per_expert = gate.tokens_per_expert;
+    result.stats.router_entropy = gate.entropy;
+    return result;
+  }
+  GateSelection sel = gate_topk(logits, opt.top_k(), opt.gate(), opt.normalize_topk(),
+                                opt.second_expert_policy(), is_training(), generator_);
   result.expert_ids = sel.expert_ids;
   result.gates = sel.gates;
   result.active = sel.active;
+  const at::Tensor balance_probs =
+      balance_logits.defined() ? at::softmax(balance_logits, 1) : sel.gate_probs;
   result.aux["balance"] = switch_balance_loss(balance_probs, sel.expert_ids.select(1, 0));
   result.aux["z"] = router_z_loss(logits);
 

@@ -58,9 +58,11 @@ class RouterImpl : public torch::nn::Module {
   virtual bool trainable_by_design(const std::string& name) const { return true; }
   /// Everything shared by the routers once they have scores: top-k choice, gates, balance and
   /// z losses, statistics. `scores` are reported as they are, `logits` [T, E] drive the gate,
-  /// `balance_probs` [T, E] are the P of the balance loss.
+  /// softmax(`balance_logits`) [T, E] is the P of the balance loss (undefined: softmax(logits)).
+  /// `nonfinite` = non-finite scores (then the ATen composition runs, NaN propagating as ATen's
+  /// top-k does); otherwise float/double CPU logits take kernels::routing_gate in one pass.
   RoutingResult finish_routing(const at::Tensor& scores, const at::Tensor& logits,
-                               const at::Tensor& balance_probs);
+                               const at::Tensor& balance_logits, int64_t nonfinite);
 
   RouterOptions options_;
   at::Generator generator_;  // CPU generator: the router's own randomness
