@@ -8,7 +8,6 @@
 #include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/linear.h"
 #include "xmoe/kernels/routing_gate.h"
-#include "xmoe/routing/losses.h"
 #include "xmoe/routing/topk.h"
 #include "xmoe/util/init.h"
 
@@ -444,21 +443,11 @@ std::string describe(const GateCase& c) {
          (c.normalize ? " normalised" : "") + (c.separate_balance ? " separate balance" : "");
 }
 
-// The ATen composition the routers ran before the fused gate (still their path off the CPU).
+// The ATen composition (the routers' path off the CPU).
 kernels::RoutingGate reference_gate(const at::Tensor& l, const at::Tensor& b, const GateCase& c) {
-  xmoe::GateSelection sel =
-      xmoe::gate_topk(l, c.k, c.sigmoid ? xmoe::GateKind::kSigmoid : xmoe::GateKind::kSoftmax,
-                      c.normalize, xmoe::SecondExpertPolicy::kAll, /*training=*/true,
-                      make_generator(1));
-  kernels::RoutingGate out;
-  out.gates = sel.gates;
-  out.expert_ids = sel.expert_ids;
-  out.balance_loss = xmoe::switch_balance_loss(b.defined() ? at::softmax(b, 1) : sel.gate_probs,
-                                               sel.expert_ids.select(1, 0));
-  out.z_loss = xmoe::router_z_loss(l);
-  out.tokens_per_expert = at::bincount(sel.expert_ids.reshape({-1}), {}, l.size(1));
-  out.entropy = xmoe::mean_entropy(sel.gate_probs);
-  return out;
+  return xmoe::routing_gate_aten(l, b, c.k, c.sigmoid ? xmoe::GateKind::kSigmoid : xmoe::GateKind::kSoftmax,
+                                 c.normalize, xmoe::SecondExpertPolicy::kAll, /*training=*/true,
+                                 make_generator(1), nullptr);
 }
 
 std::vector<GateCase> gate_cases() {

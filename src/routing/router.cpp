@@ -134,33 +134,21 @@ RoutingResult RouterImpl::finish_routing(const at::Tensor& scores, const at::Ten
   // only the deterministic choice runs fused.
   const bool random_policy = is_training() && opt.top_k() > 1 &&
                              opt.second_expert_policy() != SecondExpertPolicy::kAll;
+  kernels::RoutingGate gate;
+  const bool sigmoid = opt.gate() == GateKind::kSigmoid;
   if (nonfinite == 0 && !random_policy && kernels::routing_gate_supported(logits)) {
-    kernels::RoutingGate gate =
-        kernels::routing_gate(logits, balance_logits, opt.top_k(),
-                              opt.gate() == GateKind::kSigmoid, opt.normalize_topk());
-    result.expert_ids = gate.expert_ids;
-    result.gates = gate.gates;
+    gate = kernels::routing_gate(logits, balance_logits, opt.top_k(), sigmoid, opt.normalize_topk());
     result.active = at::ones(gate.gates.sizes(), logits.options().dtype(at::kBool));
-    result.aux["balance"] = gate.balance_loss;
-    result.aux["z"] = gate.z_loss;
-    result.stats.tokens_per_expert = gate.tokens_per_expert;
-    result.stats.router_entropy = gate.entropy;
-    return result;
+  } else {
+    gate = routing_gate_aten(logits, balance_logits, opt.top_k(), opt.gate(), opt.normalize_topk(),
+                             opt.second_expert_policy(), is_training(), generator_, &result.active);
   }
-  GateSelection sel = gate_topk(logits, opt.top_k(), opt.gate(), opt.normalize_topk(),
-                                opt.second_expert_policy(), is_training(), generator_);
-  result.expert_ids = sel.expert_ids;
-  result.gates = sel.gates;
-  result.active = sel.active;
-  const at::Tensor balance_probs =
-      balance_logits.defined() ? at::softmax(balance_logits, 1) : sel.gate_probs;
-  result.aux["balance"] = switch_balance_loss(balance_probs, sel.expert_ids.select(1, 0));
-  result.aux["z"] = router_z_loss(logits);
-
-  at::NoGradGuard no_grad;
-  at::Tensor active_ids = sel.expert_ids.masked_select(sel.active);
-  result.stats.tokens_per_expert = at::bincount(active_ids.cpu(), {}, opt.n_expert());
-  result.stats.router_entropy = mean_entropy(sel.gate_probs);
+  result.expert_ids = gate.expert_ids;
+  result.gates = gate.gates;
+  result.aux["balance"] = gate.balance_loss;
+  result.aux["z"] = gate.z_loss;
+  result.stats.tokens_per_expert = gate.tokens_per_expert;
+  result.stats.router_entropy = gate.entropy;
   return result;
 }
 

@@ -1,5 +1,7 @@
 #include "xmoe/routing/topk.h"
 
+#include "xmoe/routing/losses.h"
+
 #include <ATen/ATen.h>
 
 #include <limits>
@@ -68,6 +70,26 @@ GateSelection gate_topk(const at::Tensor& logits, int64_t k, GateKind gate, bool
     gates = gates / gates.sum(1, /*keepdim=*/true).clamp_min(eps);
   }
   out.gates = gates;
+  return out;
+}
+
+kernels::RoutingGate routing_gate_aten(const at::Tensor& logits, const at::Tensor& balance_logits,
+                                       int64_t k, GateKind gate, bool normalize_topk,
+                                       SecondExpertPolicy policy, bool training,
+                                       at::Generator generator, at::Tensor* active) {
+  GateSelection sel = gate_topk(logits, k, gate, normalize_topk, policy, training, generator);
+  kernels::RoutingGate out;
+  out.expert_ids = sel.expert_ids;
+  out.gates = sel.gates;
+  const at::Tensor balance_probs =
+      balance_logits.defined() ? at::softmax(balance_logits, 1) : sel.gate_probs;
+  out.balance_loss = switch_balance_loss(balance_probs, sel.expert_ids.select(1, 0));
+  out.z_loss = router_z_loss(logits);
+  at::NoGradGuard no_grad;
+  at::Tensor active_ids = sel.expert_ids.masked_select(sel.active);
+  out.tokens_per_expert = at::bincount(active_ids.cpu(), {}, logits.size(1));
+  out.entropy = mean_entropy(sel.gate_probs);
+  if (active != nullptr) *active = sel.active;
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Deterministic top-k selection over experts and the gating that follows it (SPEC §1, §2.1, §2.4).
 #pragma once
 
+#include "xmoe/kernels/routing_gate.h"
 #include "xmoe/routing/router_options.h"
 
 #include <ATen/Tensor.h>
@@ -30,5 +31,14 @@ struct GateSelection {
 /// Second-expert policies apply in training only (`training`), with noise from `generator`.
 GateSelection gate_topk(const at::Tensor& logits, int64_t k, GateKind gate, bool normalize_topk,
                         SecondExpertPolicy policy, bool training, at::Generator generator);
+
+/// gate_topk, then the Switch balance loss over softmax(`balance_logits`) (undefined: the gate
+/// distribution softmax(logits)), the z-loss and the statistics (slots per expert counting active
+/// slots only, gate entropy): the ATen composition that kernels::routing_gate fuses, for any
+/// device, dtype and second-expert policy. The active-slot mask goes to `active`.
+kernels::RoutingGate routing_gate_aten(const at::Tensor& logits, const at::Tensor& balance_logits,
+                                       int64_t k, GateKind gate, bool normalize_topk,
+                                       SecondExpertPolicy policy, bool training,
+                                       at::Generator generator, at::Tensor* active);
 
 }  // namespace xmoe
