@@ -5,6 +5,7 @@
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/nn/utils/clip_grad.h>
 
@@ -22,8 +23,9 @@ struct Params : torch::nn::Module {
   std::unique_ptr<torch::optim::AdamW> optimizer;
 
   explicit Params(at::ScalarType dtype = at::kFloat) {
+    // w1 spans three of the gradient norm's 2¹⁵-element chunks, the last one partial.
     decay = {register_parameter("w0", at::empty({37, 5}, dtype).normal_(0, 1, make_generator(1))),
-             register_parameter("w1", at::empty({3, 4, 6}, dtype).normal_(0, 1, make_generator(2)))};
+             register_parameter("w1", at::empty({3, 100, 230}, dtype).normal_(0, 1, make_generator(2)))};
     no_decay = {register_parameter("b0", at::empty({5}, dtype).normal_(0, 1, make_generator(3)))};
     auto options = [](double wd) {
       return std::make_unique<torch::optim::AdamWOptions>(
@@ -112,6 +114,20 @@ TEST(FusedAdamW, SkipsParametersWithoutGradientsAndFallsBackForDouble) {
   a.optimizer->step();
   xmoe::clipped_adamw_step(*b.optimizer, 1.0);
   for (size_t i = 0; i < a.params().size(); ++i) EXPECT_TRUE(at::equal(a.params()[i], b.params()[i])) << i;
+}
+
+TEST(FusedAdamW, GradientNormIsTheSameForAnyThreadCount) {
+  const int threads = at::get_num_threads();
+  std::vector<double> norms;
+  for (int n : {1, 2, 3}) {
+    at::set_num_threads(n);
+    Params p;
+    p.set_grads(7, 3.0);
+    norms.push_back(xmoe::clipped_adamw_step(*p.optimizer, 1.0));
+  }
+  at::set_num_threads(threads);
+  EXPECT_EQ(norms[1], norms[0]);
+  EXPECT_EQ(norms[2], norms[0]);
 }
 
 }  // namespace
