@@ -172,7 +172,6 @@ void backward_kernel(const Forward& f, const T* p, const T* q, const T* lse, con
       const T* dgt = dgates + t * k;
       const int64_t* it = ids + t * k;
       T* dz = dlogits + t * E;
-      std::fill(dz, dz + E, T(0));
       // z-loss: ∂/∂z_te of lse_t² / T = (2 lse_t / T) · p_te.
       const T z_scale = static_cast<T>(2.0 * d_z * inv_t * lse[t]);
       for (int64_t e = 0; e < E; ++e) dz[e] = z_scale * pt[e];
