@@ -1,6 +1,6 @@
 #include "xmoe/kernels/routing_gate.h"
 
-#include "vec_math.h"
+#include "softmax_rows.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,57 +23,8 @@ using torch::autograd::variable_list;
 constexpr int64_t kBlockRows = 256;
 
 template <typename T>
-T exp_of(T x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return detail::exp_f32(x);
-  } else {
-    return std::exp(x);
-  }
-}
-
-template <typename T>
 constexpr T normalize_eps() {
   return std::is_same_v<T, float> ? T(1.2e-7) : T(2.2e-16);
-}
-
-// x ← e^x over a whole block of rows at once: one long loop vectorises where E-long rows do not.
-XMOE_VEC_INLINE void exp_in_place_loop(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = detail::exp_f32(x[i]);
-}
-#if XMOE_X86_DISPATCH
-XMOE_TARGET_AVX2_FMA void exp_in_place_avx2(float* x, int64_t n) { exp_in_place_loop(x, n); }
-#endif
-void exp_in_place(float* x, int64_t n) {
-#if XMOE_X86_DISPATCH
-  if (detail::cpu_has_avx2_fma()) return exp_in_place_avx2(x, n);
-#endif
-  exp_in_place_loop(x, n);
-}
-void exp_in_place(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-// softmax of `rows` rows of z [rows, n] into p, e^(z − max) first for the whole block; writes
-// log Σ e^z per row into lse when given.
-template <typename T>
-void softmax_block(const T* z, T* p, int64_t rows, int64_t n, T* lse) {
-  std::vector<T> row_max(rows);
-  for (int64_t t = 0; t < rows; ++t) {
-    const T* zt = z + t * n;
-    T m = zt[0];
-    for (int64_t j = 1; j < n; ++j) m = zt[j] > m ? zt[j] : m;
-    row_max[t] = m;
-    for (int64_t j = 0; j < n; ++j) p[t * n + j] = zt[j] - m;
-  }
-  exp_in_place(p, rows * n);
-  for (int64_t t = 0; t < rows; ++t) {
-    T* pt = p + t * n;
-    T sum = 0;
-    for (int64_t j = 0; j < n; ++j) sum += pt[j];
-    const T inv = T(1) / sum;
-    for (int64_t j = 0; j < n; ++j) pt[j] *= inv;
-    if (lse != nullptr) lse[t] = row_max[t] + std::log(sum);
-  }
 }
 
 // The k largest of z, in decreasing order, ties to the lower index: O(k²·n), for the k of 1-2
@@ -103,6 +54,7 @@ void forward_kernel(const Forward& f, const T* logits, const T* balance_logits, 
   const int64_t E = f.n_expert, k = f.k;
   const int64_t stride = 3 * E + 2;
   const int64_t n_blocks = (f.rows + kBlockRows - 1) / kBlockRows;
+  const std::vector<T> no_mask(E, T(0));
   at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t blk = block_begin; blk < block_end; ++blk) {
       double* part = partials + blk * stride;
@@ -112,26 +64,33 @@ void forward_kernel(const Forward& f, const T* logits, const T* balance_logits, 
       double lse_sq = 0, entropy = 0;
       const int64_t end = std::min(f.rows, (blk + 1) * kBlockRows);
       const int64_t begin = blk * kBlockRows;
-      softmax_block(logits + begin * E, p + begin * E, end - begin, E, lse + begin);
-      if (f.separate_balance)
-        softmax_block(balance_logits + begin * E, q + begin * E, end - begin, E, static_cast<T*>(nullptr));
+      // p = softmax(l) and q = softmax(b) for the block, by the attention's row softmax with
+      // no key masked.
+      std::copy(logits + begin * E, logits + end * E, p + begin * E);
+      detail::masked_softmax_rows(p + begin * E, end - begin, E, no_mask.data());
+      if (f.separate_balance) {
+        std::copy(balance_logits + begin * E, balance_logits + end * E, q + begin * E);
+        detail::masked_softmax_rows(q + begin * E, end - begin, E, no_mask.data());
+      }
       for (int64_t t = begin; t < end; ++t) {
         const T* z = logits + t * E;
         const T* pt = p + t * E;
         const T* qt = f.separate_balance ? q + t * E : pt;
-        // −Σ p log p = lse − Σ p·z, as log p_e = z_e − lse: no logarithm per expert.
-        double pz = 0;
-        for (int64_t e = 0; e < E; ++e) pz += static_cast<double>(pt[e]) * z[e], p_sum[e] += qt[e];
-        lse_sq += static_cast<double>(lse[t]) * lse[t];
-        entropy += lse[t] - pz;
         int64_t* it = ids + t * k;
         topk_row(z, E, k, it);
         first[it[0]] += 1;
+        // log Σ e^l = l_max − log p_max (p_max ≥ 1/E: a well-conditioned logarithm).
+        lse[t] = z[it[0]] - std::log(pt[it[0]]);
+        // −Σ p log p = lse − Σ p·l, as log p_e = l_e − lse: no logarithm per expert.
+        double pl = 0;
+        for (int64_t e = 0; e < E; ++e) pl += static_cast<double>(pt[e]) * z[e], p_sum[e] += qt[e];
+        lse_sq += static_cast<double>(lse[t]) * lse[t];
+        entropy += lse[t] - pl;
         T* gt = gates + t * k;
         T total = 0;
         for (int64_t j = 0; j < k; ++j) {
           slots[it[j]] += 1;
-          gt[j] = f.sigmoid ? T(1) / (T(1) + exp_of<T>(-z[it[j]])) : pt[it[j]];
+          gt[j] = f.sigmoid ? T(1) / (T(1) + std::exp(-z[it[j]])) : pt[it[j]];
           total += gt[j];
         }
         if (f.normalize) {
@@ -145,15 +104,9 @@ void forward_kernel(const Forward& f, const T* logits, const T* balance_logits, 
   });
 }
 
-// ∂/∂z of Σ_e w_e · softmax(z)_e for one row: p ⊙ (w − Σ_e p_e w_e), added into dz.
-template <typename T>
-void add_softmax_backward(const T* p, const T* w, T* dz, int64_t n) {
-  double dot = 0;
-  for (int64_t e = 0; e < n; ++e) dot += static_cast<double>(p[e]) * w[e];
-  const T d = static_cast<T>(dot);
-  for (int64_t e = 0; e < n; ++e) dz[e] += p[e] * (w[e] - d);
-}
-
+// Gradients through softmax go through the attention's row softmax backward,
+// ∂z = p ⊙ (w − Σ_e p_e w_e) for weights w = ∂/∂p; it is linear in w, so the gate's and a shared
+// balance loss's weights are summed first and go through it once.
 template <typename T>
 void backward_kernel(const Forward& f, const T* p, const T* q, const T* lse, const T* gates,
                      const int64_t* ids, const double* first_share, const T* dgates,
@@ -165,39 +118,42 @@ void backward_kernel(const Forward& f, const T* p, const T* q, const T* lse, con
   for (int64_t e = 0; e < E; ++e)
     w_balance[e] = static_cast<T>(d_balance * static_cast<double>(E) * first_share[e] * inv_t);
   at::parallel_for(0, f.rows, kBlockRows, [&](int64_t begin, int64_t end) {
-    std::vector<T> w(E);
-    for (int64_t t = begin; t < end; ++t) {
+    const int64_t rows = end - begin;
+    for (int64_t t = begin; t < end; ++t) {  // ∂/∂p into dlogits
+      T* w = dlogits + t * E;
+      if (f.separate_balance) {
+        std::fill(w, w + E, T(0));
+        std::copy(w_balance.begin(), w_balance.end(), dbalance_logits + t * E);
+      } else {
+        std::copy(w_balance.begin(), w_balance.end(), w);
+      }
+      if (f.sigmoid) continue;
       const T* pt = p + t * E;
       const T* gt = gates + t * k;
       const T* dgt = dgates + t * k;
       const int64_t* it = ids + t * k;
+      if (!f.normalize) {
+        for (int64_t j = 0; j < k; ++j) w[it[j]] += dgt[j];
+        continue;
+      }
+      // Through the renormalisation g = r / S (S = Σ r unless clamped): ∂r_j = (∂g_j − Σ ∂g·g) / S.
+      T raw_sum = 0, dot = 0;
+      for (int64_t j = 0; j < k; ++j) raw_sum += pt[it[j]], dot += dgt[j] * gt[j];
+      const bool clamped = raw_sum < normalize_eps<T>();
+      const T denom = clamped ? normalize_eps<T>() : raw_sum;
+      for (int64_t j = 0; j < k; ++j) w[it[j]] += (dgt[j] - (clamped ? T(0) : dot)) / denom;
+    }
+    detail::softmax_backward_rows(dlogits + begin * E, p + begin * E, rows, E, T(1));
+    if (f.separate_balance)
+      detail::softmax_backward_rows(dbalance_logits + begin * E, q + begin * E, rows, E, T(1));
+    for (int64_t t = begin; t < end; ++t) {  // the terms that do not go through softmax
       T* dz = dlogits + t * E;
-      // z-loss: ∂/∂z_te of lse_t² / T = (2 lse_t / T) · p_te.
+      // z-loss: ∂/∂l_te of lse_t² / T = (2 lse_t / T) · p_te.
       const T z_scale = static_cast<T>(2.0 * d_z * inv_t * lse[t]);
-      for (int64_t e = 0; e < E; ++e) dz[e] = z_scale * pt[e];
-      if (f.sigmoid) {
-        for (int64_t j = 0; j < k; ++j) dz[it[j]] += dgt[j] * gt[j] * (T(1) - gt[j]);
-      } else {
-        // Through the renormalisation g = r / S (S = Σ r unless clamped): ∂r_j = (∂g_j − Σ ∂g·g) / S.
-        std::fill(w.begin(), w.end(), T(0));
-        if (f.normalize) {
-          T raw_sum = 0, dot = 0;
-          for (int64_t j = 0; j < k; ++j) raw_sum += pt[it[j]], dot += dgt[j] * gt[j];
-          const bool clamped = raw_sum < normalize_eps<T>();
-          const T denom = clamped ? normalize_eps<T>() : raw_sum;
-          for (int64_t j = 0; j < k; ++j) w[it[j]] += (dgt[j] - (clamped ? T(0) : dot)) / denom;
-        } else {
-          for (int64_t j = 0; j < k; ++j) w[it[j]] += dgt[j];
-        }
-        add_softmax_backward(pt, w.data(), dz, E);
-      }
-      if (f.separate_balance) {
-        T* db = dbalance_logits + t * E;
-        std::fill(db, db + E, T(0));
-        add_softmax_backward(q + t * E, w_balance.data(), db, E);
-      } else {
-        add_softmax_backward(pt, w_balance.data(), dz, E);
-      }
+      for (int64_t e = 0; e < E; ++e) dz[e] += z_scale * p[t * E + e];
+      if (!f.sigmoid) continue;
+      const T* gt = gates + t * k;
+      for (int64_t j = 0; j < k; ++j) dz[ids[t * k + j]] += dgates[t * k + j] * gt[j] * (T(1) - gt[j]);
     }
   });
 }

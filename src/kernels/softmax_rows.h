@@ -1,4 +1,5 @@
-// Row-wise softmax with a key mask, and its backward, for the fused attention kernel (internal).
+// Row-wise softmax with a key mask, and its backward, for the fused attention kernel and the
+// routing gate (internal).
 //
 //   forward, in place on S [rows, n]:
 //     P[i, j] = e^(S[i, j] + bias[j] − m_i) / Σ_k e^(S[i, k] + bias[k] − m_i),
