@@ -1,8 +1,8 @@
 // xmoe corpus build: builds the multilingual text corpus (LibreOffice help, man pages, fortunes
 // from Debian packages) by running scripts/corpus/build_corpus.py with python3; docs/corpus.md.
 #include "commands.h"
-#include "validators.h"
 #include "python_script.h"
+#include "validators.h"
 
 #include <memory>
 #include <string>

@@ -4,8 +4,8 @@
 //   xmoe report RUN_DIR [RUN_DIR ...] --out DIR [--window M] [--token-map-points N]
 //               [--tsne-points N]
 #include "commands.h"
-#include "validators.h"
 #include "python_script.h"
+#include "validators.h"
 
 #include "xmoe/analysis/run_analysis.h"
 
