@@ -24,16 +24,15 @@ inline CLI::Validator number_in(double lo, double hi, const std::string& rule,
 }
 
 inline const CLI::Validator kPositive =
-    number_in(std::numeric_limits<double>::min(), std::numeric_limits<double>::max(), "> 0",
+    number_in(std::numeric_limits<double>::denorm_min(), std::numeric_limits<double>::max(), "> 0",
               "POSITIVE");
 inline const CLI::Validator kNonNegative =
     number_in(0, std::numeric_limits<double>::max(), ">= 0", "NONNEGATIVE");
 
 /// An integer range check whose help and error show the bounds: "in [2, 4096]".
 inline CLI::Validator int_in(long long lo, long long hi) {
-  const std::string rule = "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
-  return number_in(static_cast<double>(lo), static_cast<double>(hi), rule,
-                   "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  const std::string bounds = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return number_in(static_cast<double>(lo), static_cast<double>(hi), "in " + bounds, bounds);
 }
 
 }  // namespace xmoe::cli

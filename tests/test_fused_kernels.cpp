@@ -1,6 +1,7 @@
 // The fused CPU kernels of the encoder — hash dropout, embedding lookup, attention, linear, GELU,
-// cross-entropy, the routing gate — against plain references: mask statistics, equality with the ATen composition
-// for the same generator state, and central-difference gradient checks in double precision.
+// cross-entropy, the routing gate — against plain references: mask statistics, equality with the
+// ATen composition for the same generator state, and central-difference gradient checks in
+// double precision.
 #include "xmoe/kernels/attention.h"
 #include "xmoe/kernels/cross_entropy.h"
 #include "xmoe/kernels/dropout.h"

@@ -22,6 +22,11 @@ using torch::autograd::variable_list;
 // same for any thread count.
 constexpr int64_t kBlockRows = 256;
 
+int64_t block_count(int64_t rows) { return (rows + kBlockRows - 1) / kBlockRows; }
+
+// Per block of rows: Σ_t q_te (E), first-choice counts (E), slot counts (E), Σ lse², Σ entropy.
+int64_t partials_per_block(int64_t n_expert) { return 3 * n_expert + 2; }
+
 template <typename T>
 constexpr T normalize_eps() {
   return std::is_same_v<T, float> ? T(1.2e-7) : T(2.2e-16);
@@ -47,13 +52,13 @@ struct Forward {
   bool sigmoid, normalize, separate_balance;
 };
 
-// Per block of rows: Σ_t q_te (E), first-choice counts (E), slot counts (E), Σ lse², Σ entropy.
+// Fills p, q, lse, gates, ids and each block's partials (layout: partials_per_block).
 template <typename T>
 void forward_kernel(const Forward& f, const T* logits, const T* balance_logits, T* p, T* q, T* lse,
                     T* gates, int64_t* ids, double* partials) {
   const int64_t E = f.n_expert, k = f.k;
-  const int64_t stride = 3 * E + 2;
-  const int64_t n_blocks = (f.rows + kBlockRows - 1) / kBlockRows;
+  const int64_t stride = partials_per_block(E);
+  const int64_t n_blocks = block_count(f.rows);
   const std::vector<T> no_mask(E, T(0));
   at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t blk = block_begin; blk < block_end; ++blk) {
@@ -172,8 +177,8 @@ struct RoutingGateFunction : torch::autograd::Function<RoutingGateFunction> {
     at::Tensor lse = at::empty({T}, opt);
     at::Tensor gates = at::empty({T, k}, opt);
     at::Tensor ids = at::empty({T, k}, opt.dtype(at::kLong));
-    const int64_t n_blocks = (T + kBlockRows - 1) / kBlockRows;
-    const int64_t stride = 3 * E + 2;
+    const int64_t n_blocks = block_count(T);
+    const int64_t stride = partials_per_block(E);
     std::vector<double> partials(n_blocks * stride, 0.0);
     AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "xmoe::kernels::routing_gate", [&] {
       forward_kernel<scalar_t>(f, logits.data_ptr<scalar_t>(),
