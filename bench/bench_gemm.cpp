@@ -1,0 +1,51 @@
+// Google Benchmark of the machine's single-precision GEMM rate on an expert's shapes, the peak
+// that docs/performance.md compares everything else with: the forward form C [M, 2048] =
+// X [M, 512] · W [2048, 512]ᵀ (NT) and the weight-gradient form dW [2048, 512] = G [M, 2048]ᵀ ·
+// X [M, 512] (TN), through oneDNN (kernels::sgemm, what the fast path calls) and through ATen
+// (kernels::sgemm_aten: addmm on LibTorch's BLAS, OpenBLAS here), at 1 and 2 threads. Not a test:
+//   ./build/xmoe_bench --benchmark_filter=Sgemm
+#include "xmoe/kernels/gemm.h"
+#include "xmoe/util/init.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+
+namespace {
+
+// range(0): M; range(1): 0 = NT, 1 = TN; range(2): 0 = oneDNN, 1 = ATen; range(3): threads.
+void BM_Sgemm(benchmark::State& state) {
+  const int64_t m = state.range(0), d = 512, f = 2048;
+  const bool weight_gradient = state.range(1) != 0;
+  const auto gemm = state.range(2) == 0 ? xmoe::kernels::sgemm : xmoe::kernels::sgemm_aten;
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(static_cast<int>(state.range(3)));
+  at::Generator gen = xmoe::make_generator(4);
+  const at::Tensor x = at::empty({m, d}).normal_(0, 1, gen);
+  const at::Tensor w = at::empty({f, d}).normal_(0, 0.02, gen);
+  const at::Tensor g = at::empty({m, f}).normal_(0, 1, gen);
+  at::Tensor out = at::empty({std::max(m, d) * f});
+  for (auto _ : state) {
+    if (weight_gradient) {
+      gemm(true, false, f, d, m, 1.f, g.data_ptr<float>(), f, x.data_ptr<float>(), d, 0.f,
+           out.data_ptr<float>(), d);
+    } else {
+      gemm(false, true, m, f, d, 1.f, x.data_ptr<float>(), d, w.data_ptr<float>(), d, 0.f,
+           out.data_ptr<float>(), f);
+    }
+    benchmark::DoNotOptimize(out.data_ptr<float>());
+  }
+  at::set_num_threads(threads_before);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * d * f * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_Sgemm)
+    ->ArgNames({"M", "tn", "aten", "threads"})
+    ->ArgsProduct({{128, 1024, 8192}, {0, 1}, {0, 1}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
