@@ -2,7 +2,8 @@
 // that docs/performance.md compares everything else with: the forward form C [M, 2048] =
 // X [M, 512] · W [2048, 512]ᵀ (NT) and the weight-gradient form dW [2048, 512] = G [M, 2048]ᵀ ·
 // X [M, 512] (TN), through oneDNN (kernels::sgemm, what the fast path calls) and through ATen
-// (kernels::sgemm_aten: addmm on LibTorch's BLAS, OpenBLAS here), at 1 and 2 threads. Not a test:
+// (kernels::sgemm_aten: addmm on LibTorch's BLAS, OpenBLAS here), at 1 and 2 threads; and the
+// weight-gradient form's dependence on its operands' row strides (BM_SgemmRowStride). Not a test:
 //   ./build/xmoe_bench --benchmark_filter=Sgemm
 #include "xmoe/kernels/gemm.h"
 #include "xmoe/util/init.h"
@@ -10,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 
@@ -45,6 +47,39 @@ void BM_Sgemm(benchmark::State& state) {
 BENCHMARK(BM_Sgemm)
     ->ArgNames({"M", "tn", "aten", "threads"})
     ->ArgsProduct({{128, 1024, 8192}, {0, 1}, {0, 1}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The weight-gradient product dW[m, n] = Aᵀ·B over k = 4096 token rows, A [k, m] and B [k, n],
+// with the operands' rows m and n floats apart (as the activations are stored) or 16 more:
+// dnnl_sgemm called directly against kernels::sgemm, which copies a wide operand into padded rows
+// when its row stride is a multiple of 2 KiB and the other side is narrow (src/kernels/gemm.cpp).
+void BM_SgemmRowStride(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = 4096;
+  const int64_t variant = state.range(2);  // 0: dnnl_sgemm, natural strides; 1: dnnl_sgemm,
+                                           // strides + 16; 2: kernels::sgemm, natural strides
+  const int64_t pad = variant == 1 ? 16 : 0, lda = m + pad, ldb = n + pad;
+  at::Generator gen = xmoe::make_generator(5);
+  const at::Tensor a = at::empty({k, lda}).normal_(0, 1, gen);
+  const at::Tensor b = at::empty({k, ldb}).normal_(0, 1, gen);
+  at::Tensor c = at::empty({m, n});
+  for (auto _ : state) {
+    if (variant == 2) {
+      xmoe::kernels::sgemm(true, false, m, n, k, 1.f, a.data_ptr<float>(), lda, b.data_ptr<float>(),
+                           ldb, 0.f, c.data_ptr<float>(), n);
+    } else {
+      dnnl_sgemm('T', 'N', m, n, k, 1.f, a.data_ptr<float>(), lda, b.data_ptr<float>(), ldb, 0.f,
+                 c.data_ptr<float>(), n);
+    }
+    benchmark::DoNotOptimize(c.data_ptr<float>());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_SgemmRowStride)
+    ->ArgNames({"M", "N", "variant"})
+    ->ArgsProduct({{128, 256, 512, 768, 1024, 2048}, {128, 256, 512, 1024}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -151,6 +151,32 @@ TEST(FastPathKernels, SgemmEqualsTheAtenProductForEveryLayout) {
   }
 }
 
+// Aᵀ·B with a wide operand whose row stride is a multiple of 2 KiB and a narrow other side: sgemm
+// copies the wide operand into padded rows first (oneDNN is twice as slow on such strides). Only
+// the first m (or n) columns of each row are operands; the padding must not leak into C.
+TEST(FastPathKernels, SgemmWithAliasedRowStridesEqualsTheFloat64Product) {
+  at::Generator gen = xmoe::make_generator(6);
+  const int64_t k = 33, narrow = 7;
+  for (bool wide_a : {true, false}) {
+    for (int64_t wide : {512, 600}) {
+      for (int64_t ld : {512, 1024}) {
+        if (ld < wide) continue;
+        SCOPED_TRACE(testing::Message() << "wide " << (wide_a ? "A" : "B") << " " << wide << " ld " << ld);
+        const int64_t m = wide_a ? wide : narrow, n = wide_a ? narrow : wide;
+        const int64_t lda = wide_a ? ld : m, ldb = wide_a ? n : ld;
+        at::Tensor a = at::randn({k, lda}, gen), b = at::randn({k, ldb}, gen);
+        at::Tensor c0 = at::randn({m, n}, gen);
+        at::Tensor c = c0.clone();
+        xmoe::kernels::sgemm(true, false, m, n, k, 0.5f, a.data_ptr<float>(), lda,
+                             b.data_ptr<float>(), ldb, 1.0f, c.data_ptr<float>(), n);
+        at::Tensor op_a = a.narrow(1, 0, m).t().to(at::kDouble);
+        at::Tensor op_b = b.narrow(1, 0, n).to(at::kDouble);
+        EXPECT_TRUE(c.to(at::kDouble).allclose(0.5 * op_a.mm(op_b) + c0.to(at::kDouble), 1e-5, 1e-5));
+      }
+    }
+  }
+}
+
 TEST(FastPathKernels, GroupedFFNHandlesManyExpertsAcrossThreads) {
   // Many small blocks take the across-experts branch when more than one thread is available.
   at::Generator gen = make_generator(3);

@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +15,36 @@ namespace xmoe::kernels {
 
 namespace {
 std::atomic<bool> g_use_aten{false};  // set once oneDNN has reported that it cannot run here
+
+// oneDNN 2.6's sgemm loses about half its speed on the weight-gradient form Aᵀ·B (A [k, m],
+// B [k, n], k = token rows) when the rows of a wide operand lie a multiple of 2 KiB apart and the
+// other side of the product is narrow. Measured on the 2-core EPYC hosts, 2 threads (in-step:
+// bench/sgemm_calls_preload.cpp on the small config's training step; standalone:
+// BM_SgemmRowStride in bench/bench_gemm.cpp):
+// - A with lda = 1024, m = 1024, n = 256 (dW1 of a d = 256, d_ff = 1024 FFN): 65-76 GFLOP/s,
+//   150-170 with lda = 1040; the same at k = 256 (an expert's block) and at 1 thread;
+// - B with ldb = 1024, m = 256, n = 1024 (its dW2): 85 in-step, 159 with ldb = 1040.
+// n ≥ 1024 for A, or a row stride of 768, shows no such loss. Copying the operand into rows padded
+// by 16 floats reads and writes k × width floats, a small fraction of the k × m × n product.
+bool aliased_wide_rows(int64_t width, int64_t ld, int64_t other_side) {
+  return width >= 512 && ld % 512 == 0 && other_side <= 256;
+}
+
+// X [rows, width] (row stride ld) copied into `out` with rows of width + 16 floats; x and ld are
+// redirected to the copy.
+void pad_rows(const float*& x, int64_t& ld, int64_t rows, int64_t width,
+              std::unique_ptr<float[]>& out) {
+  const int64_t padded = width + 16;
+  out.reset(new float[rows * padded]);  // every element the GEMM reads is written below
+  float* dst = out.get();
+  const float* src = x;
+  const int64_t src_ld = ld;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * padded, src + r * src_ld, width * sizeof(float));
+  x = dst;
+  ld = padded;
+}
 }  // namespace
 
 void sgemm_aten(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -42,6 +74,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   if (g_use_aten.load(std::memory_order_relaxed)) {
     sgemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
+  }
+  std::unique_ptr<float[]> padded_a, padded_b;
+  if (trans_a && !trans_b) {
+    if (aliased_wide_rows(m, lda, n)) pad_rows(a, lda, k, m, padded_a);
+    if (aliased_wide_rows(n, ldb, m)) pad_rows(b, ldb, k, n, padded_b);
   }
   const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
                                           a, lda, b, ldb, beta, c, ldc);
