@@ -64,7 +64,7 @@ void BM_ExpertBlockGemm(benchmark::State& state) {
   const float *xp = x.data_ptr<float>(), *gp = ga.data_ptr<float>(), *wp = w1.data_ptr<float>();
   float* op_out = out.data_ptr<float>();
   for (auto _ : state) {
-    xmoe::kernels::for_each_expert_block(offsets, 2 * d * f, [&](int64_t e, int64_t r0, int64_t n) {
+    xmoe::kernels::for_each_expert_block(offsets, [&](int64_t e, int64_t r0, int64_t n) {
       const float* w = wp + e * f * d;
       if (op == 0) {
         xmoe::kernels::sgemm(false, true, n, f, d, 1.f, xp + r0 * d, d, w, d, 0.f, op_out + r0 * f, f);

@@ -45,7 +45,7 @@ double time_gemm_limit(const std::vector<int64_t>& offsets, int64_t d, int64_t f
   std::vector<float> x(n * d, 0.5f), a(n * f, 0.25f), y(n * d), w1(f * d, 0.1f), w2(d * f, 0.1f);
   auto once = [&] {
     for (int64_t j = 0; j < depth; ++j) {
-      kernels::for_each_expert_block(offsets, 12 * d * f, [&](int64_t, int64_t r0, int64_t rows) {
+      kernels::for_each_expert_block(offsets, [&](int64_t, int64_t r0, int64_t rows) {
         float* ae = a.data() + r0 * f;
         float* ye = y.data() + r0 * d;
         const float* xe = x.data() + r0 * d;

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <tuple>
 
@@ -175,6 +176,36 @@ TEST(FastPathKernels, SgemmWithAliasedRowStridesEqualsTheFloat64Product) {
       }
     }
   }
+}
+
+// The scheduling policy: every non-empty block exactly once with its own rows; a block with more
+// than 1/(2·threads) of the rows runs outside any parallel region (its GEMMs use every thread),
+// the others inside one; one thread runs everything serially; an exception reaches the caller.
+TEST(FastPathKernels, ExpertBlocksRunOnceEachLargeOnesOnAllThreads) {
+  const std::vector<int64_t> offsets = {0, 60, 60, 64, 70, 78, 79, 100};  // 60 of 100 rows, an empty one
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(testing::Message() << threads << " threads");
+    at::set_num_threads(threads);
+    std::vector<int> visits(offsets.size() - 1, 0), in_parallel(offsets.size() - 1, -1);
+    xmoe::kernels::for_each_expert_block(offsets, [&](int64_t e, int64_t row0, int64_t rows) {
+      EXPECT_EQ(row0, offsets[e]);
+      EXPECT_EQ(rows, offsets[e + 1] - offsets[e]);
+#pragma omp critical
+      {
+        ++visits[e];
+        in_parallel[e] = omp_in_parallel() ? 1 : 0;
+      }
+    });
+    EXPECT_EQ(visits, (std::vector<int>{1, 0, 1, 1, 1, 1, 1}));
+    for (size_t e = 2; e < visits.size(); ++e) EXPECT_EQ(in_parallel[e], threads == 2 ? 1 : 0) << e;
+    EXPECT_EQ(in_parallel[0], 0);  // the large block
+    EXPECT_THROW(xmoe::kernels::for_each_expert_block(offsets,
+                                                      [&](int64_t e, int64_t, int64_t) {
+                                                        if (e == 4) throw std::runtime_error("block 4");
+                                                      }),
+                 std::runtime_error);
+  }
+  at::set_num_threads(1);
 }
 
 TEST(FastPathKernels, GroupedFFNHandlesManyExpertsAcrossThreads) {

@@ -44,7 +44,7 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
     const float* w2p = w2.data_ptr<float>();
     const float* b2p = b2.data_ptr<float>();
     float* yp = ys.data_ptr<float>();
-    for_each_expert_block(offsets, 4 * d * f, [&](int64_t e, int64_t row0, int64_t rows) {
+    for_each_expert_block(offsets, [&](int64_t e, int64_t row0, int64_t rows) {
       at::Tensor ae = at::empty({rows, f}, xs.options());  // pre-activation, this block only
       fill_rows_with_bias(ae.data_ptr<float>(), b1p + e * f, rows, f);
       sgemm(false, true, rows, f, d, 1.f, x + row0 * d, d, w1p + e * f * d, d, 1.f,
@@ -95,7 +95,7 @@ struct GroupedFFN : torch::autograd::Function<GroupedFFN> {
     float* ghp = gh.data_ptr<float>();
     float* gxp = gxs.data_ptr<float>();
 
-    for_each_expert_block(offsets, 8 * d * f, [&](int64_t e, int64_t row0, int64_t rows) {
+    for_each_expert_block(offsets, [&](int64_t e, int64_t row0, int64_t rows) {
       const float* gy_e = gyp + row0 * d;
       gb2[e].copy_(gys.narrow(0, row0, rows).sum(0));
       // gw2[e] [d, f] = gysᵀ · h
