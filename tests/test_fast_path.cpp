@@ -12,7 +12,9 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <stdexcept>
 #include <tuple>
+#include <vector>
 
 namespace xmoe {
 namespace {
@@ -162,7 +164,8 @@ TEST(FastPathKernels, SgemmWithAliasedRowStridesEqualsTheFloat64Product) {
     for (int64_t wide : {512, 600}) {
       for (int64_t ld : {512, 1024}) {
         if (ld < wide) continue;
-        SCOPED_TRACE(testing::Message() << "wide " << (wide_a ? "A" : "B") << " " << wide << " ld " << ld);
+        SCOPED_TRACE(testing::Message() << "wide " << (wide_a ? "A" : "B") << " " << wide << " ld "
+                                        << ld);
         const int64_t m = wide_a ? wide : narrow, n = wide_a ? narrow : wide;
         const int64_t lda = wide_a ? ld : m, ldb = wide_a ? n : ld;
         at::Tensor a = at::randn({k, lda}, gen), b = at::randn({k, ldb}, gen);
@@ -172,7 +175,8 @@ TEST(FastPathKernels, SgemmWithAliasedRowStridesEqualsTheFloat64Product) {
                              b.data_ptr<float>(), ldb, 1.0f, c.data_ptr<float>(), n);
         at::Tensor op_a = a.narrow(1, 0, m).t().to(at::kDouble);
         at::Tensor op_b = b.narrow(1, 0, n).to(at::kDouble);
-        EXPECT_TRUE(c.to(at::kDouble).allclose(0.5 * op_a.mm(op_b) + c0.to(at::kDouble), 1e-5, 1e-5));
+        const at::Tensor expected = 0.5 * op_a.mm(op_b) + c0.to(at::kDouble);
+        EXPECT_TRUE(c.to(at::kDouble).allclose(expected, 1e-5, 1e-5));
       }
     }
   }
@@ -180,9 +184,11 @@ TEST(FastPathKernels, SgemmWithAliasedRowStridesEqualsTheFloat64Product) {
 
 // The scheduling policy: every non-empty block exactly once with its own rows; a block with more
 // than 1/(2·threads) of the rows runs outside any parallel region (its GEMMs use every thread),
-// the others inside one; one thread runs everything serially; an exception reaches the caller.
+// the others inside one, unless only one of them is left; one thread runs everything serially;
+// an exception reaches the caller.
 TEST(FastPathKernels, ExpertBlocksRunOnceEachLargeOnesOnAllThreads) {
-  const std::vector<int64_t> offsets = {0, 60, 60, 64, 70, 78, 79, 100};  // 60 of 100 rows, an empty one
+  // 60 of 100 rows in block 0, block 1 empty
+  const std::vector<int64_t> offsets = {0, 60, 60, 64, 70, 78, 79, 100};
   for (int threads : {1, 2}) {
     SCOPED_TRACE(testing::Message() << threads << " threads");
     at::set_num_threads(threads);
@@ -199,11 +205,17 @@ TEST(FastPathKernels, ExpertBlocksRunOnceEachLargeOnesOnAllThreads) {
     EXPECT_EQ(visits, (std::vector<int>{1, 0, 1, 1, 1, 1, 1}));
     for (size_t e = 2; e < visits.size(); ++e) EXPECT_EQ(in_parallel[e], threads == 2 ? 1 : 0) << e;
     EXPECT_EQ(in_parallel[0], 0);  // the large block
-    EXPECT_THROW(xmoe::kernels::for_each_expert_block(offsets,
-                                                      [&](int64_t e, int64_t, int64_t) {
-                                                        if (e == 4) throw std::runtime_error("block 4");
-                                                      }),
-                 std::runtime_error);
+    auto throw_in_block_4 = [](int64_t e, int64_t, int64_t) {
+      if (e == 4) throw std::runtime_error("block 4");
+    };
+    EXPECT_THROW(xmoe::kernels::for_each_expert_block(offsets, throw_in_block_4), std::runtime_error);
+    // One large block and one small one: the small one alone would idle a thread, so it too
+    // runs outside a parallel region.
+    std::vector<int> lone_in_parallel(2, -1);
+    xmoe::kernels::for_each_expert_block({0, 90, 100}, [&](int64_t e, int64_t, int64_t) {
+      lone_in_parallel[e] = omp_in_parallel() ? 1 : 0;
+    });
+    EXPECT_EQ(lone_in_parallel, (std::vector<int>{0, 0}));
   }
   at::set_num_threads(1);
 }

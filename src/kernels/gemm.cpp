@@ -123,21 +123,20 @@ void for_each_expert_block(const std::vector<int64_t>& offsets,
   // weights, 2 threads, three interleaved runs) took 681-761 ms spread over the experts against
   // 807-884 ms block after block at 64 rows per block, 632-638 against 689-769 at 256 rows, and
   // the same at 512 and 1024 rows.
+  auto rows_of = [&](int64_t e) { return offsets[e + 1] - offsets[e]; };
   std::vector<int64_t> spread;
   for (int64_t e = 0; e < n_expert; ++e) {
-    const int64_t n = offsets[e + 1] - offsets[e];
-    if (n == 0) continue;
-    if (threads == 1 || 2 * threads * n > rows) {
-      block(e, offsets[e], n);
+    if (rows_of(e) == 0) continue;
+    if (threads == 1 || 2 * threads * rows_of(e) > rows) {
+      block(e, offsets[e], rows_of(e));
     } else {
       spread.push_back(e);
     }
   }
-  if (spread.size() == 1) {
-    block(spread[0], offsets[spread[0]], offsets[spread[0] + 1] - offsets[spread[0]]);
+  if (spread.size() <= 1) {  // nothing to spread: a lone block keeps every thread
+    for (int64_t e : spread) block(e, offsets[e], rows_of(e));
     return;
   }
-  auto rows_of = [&](int64_t e) { return offsets[e + 1] - offsets[e]; };
   std::stable_sort(spread.begin(), spread.end(),
                    [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b); });
   std::exception_ptr error;
