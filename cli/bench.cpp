@@ -6,6 +6,7 @@
 #include "validators.h"
 
 #include "xmoe/kernels/gemm.h"
+#include "xmoe/kernels/gemm_weight.h"
 #include "xmoe/moe/moe_layer.h"
 #include "xmoe/util/init.h"
 
@@ -42,7 +43,13 @@ double peak_rss_mb() {
 double time_gemm_limit(const std::vector<int64_t>& offsets, int64_t d, int64_t f, int64_t depth,
                        int iters) {
   const int64_t n = offsets.back();
-  std::vector<float> x(n * d, 0.5f), a(n * f, 0.25f), y(n * d), w1(f * d, 0.1f), w2(d * f, 0.1f);
+  std::vector<float> x(n * d, 0.5f), a(n * f, 0.25f), y(n * d);
+  // The weights start where the layer's do (xmoe/kernels/gemm_weight.h), so the limit is the
+  // fastest placement of the same products, not a slower one.
+  const at::Tensor w1 = kernels::empty_gemm_weight({f, d}).fill_(0.1f);
+  const at::Tensor w2 = kernels::empty_gemm_weight({d, f}).fill_(0.1f);
+  const float* w1p = w1.data_ptr<float>();
+  const float* w2p = w2.data_ptr<float>();
   auto once = [&] {
     for (int64_t j = 0; j < depth; ++j) {
       kernels::for_each_expert_block(offsets, [&](int64_t, int64_t r0, int64_t rows) {
@@ -51,12 +58,12 @@ double time_gemm_limit(const std::vector<int64_t>& offsets, int64_t d, int64_t f
         const float* xe = x.data() + r0 * d;
         thread_local std::vector<float> gw_local;  // per thread: blocks may run concurrently
         gw_local.resize(f * d);
-        kernels::sgemm(false, true, rows, f, d, 1.f, xe, d, w1.data(), d, 0.f, ae, f);
-        kernels::sgemm(false, true, rows, d, f, 1.f, ae, f, w2.data(), f, 0.f, ye, d);
+        kernels::sgemm(false, true, rows, f, d, 1.f, xe, d, w1p, d, 0.f, ae, f);
+        kernels::sgemm(false, true, rows, d, f, 1.f, ae, f, w2p, f, 0.f, ye, d);
         kernels::sgemm(true, false, d, f, rows, 1.f, ye, d, ae, f, 0.f, gw_local.data(), f);
-        kernels::sgemm(false, false, rows, f, d, 1.f, ye, d, w2.data(), f, 0.f, ae, f);
+        kernels::sgemm(false, false, rows, f, d, 1.f, ye, d, w2p, f, 0.f, ae, f);
         kernels::sgemm(true, false, f, d, rows, 1.f, ae, f, xe, d, 0.f, gw_local.data(), d);
-        kernels::sgemm(false, false, rows, d, f, 1.f, ae, f, w1.data(), d, 0.f, ye, d);
+        kernels::sgemm(false, false, rows, d, f, 1.f, ae, f, w1p, d, 0.f, ye, d);
       });
     }
   };

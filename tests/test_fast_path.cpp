@@ -2,8 +2,10 @@
 // the plain autograd reference path: outputs and every gradient.
 #include "xmoe/kernels/dispatch_plan.h"
 #include "xmoe/kernels/gemm.h"
+#include "xmoe/kernels/gemm_weight.h"
 #include "xmoe/kernels/grouped_ffn.h"
 #include "xmoe/kernels/permute.h"
+#include "xmoe/moe/expert_stack.h"
 #include "xmoe/moe/moe_layer.h"
 #include "xmoe/util/init.h"
 
@@ -12,6 +14,8 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -244,6 +248,33 @@ TEST(FastPathKernels, GroupedFFNHandlesManyExpertsAcrossThreads) {
     }
   }
   at::set_num_threads(1);
+}
+
+TEST(FastPathKernels, GemmWeightsStartAtThePlacementForThisCpu) {
+  const int64_t offset = kernels::gemm_weight_offset_bytes();
+  ASSERT_TRUE(offset == 0 || offset == 16) << offset;
+  auto bytes_past_32 = [](const at::Tensor& t) {
+    return static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(t.data_ptr<float>()) % 32);
+  };
+  for (int repeat = 0; repeat < 8; ++repeat) {  // fresh allocations land at different addresses
+    at::Tensor w = kernels::empty_gemm_weight({3, 16, 8});
+    EXPECT_EQ(w.sizes(), at::IntArrayRef({3, 16, 8}));
+    EXPECT_TRUE(w.is_contiguous());
+    EXPECT_FALSE(w.is_view());
+    EXPECT_EQ(bytes_past_32(w), offset);
+    EXPECT_EQ(bytes_past_32(w[2]), offset);  // every expert's matrix, not just the first
+    w.fill_(2.f);
+    EXPECT_EQ(w.sum().item<float>(), 2.f * 3 * 16 * 8);
+  }
+  // The experts' weights are placed so, as trainable leaves with their usual initial values.
+  ExpertSublayer placed(4, 8, 16, false, 11);
+  at::Generator gen = make_generator(11);
+  const at::Tensor w1_plain = uniform_init({4, 16, 8}, 1.0 / std::sqrt(8.0), gen);
+  for (const at::Tensor& w : {placed->w1, placed->w2}) {
+    EXPECT_EQ(bytes_past_32(w), offset);
+    EXPECT_TRUE(w.is_leaf() && w.requires_grad() && w.is_contiguous());
+  }
+  EXPECT_TRUE(at::equal(placed->w1, w1_plain));
 }
 
 TEST(FastPathKernels, GatherAndCombineAreAdjoint) {

@@ -1,5 +1,6 @@
 #include "xmoe/moe/expert_stack.h"
 
+#include "xmoe/kernels/gemm_weight.h"
 #include "xmoe/kernels/grouped_ffn.h"
 #include "xmoe/util/init.h"
 
@@ -16,9 +17,14 @@ ExpertSublayerImpl::ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_
   // nn.Linear's default range, U(±1/√fan_in), for weights and biases.
   const double bound1 = 1.0 / std::sqrt(static_cast<double>(d_model));
   const double bound2 = 1.0 / std::sqrt(static_cast<double>(d_ff));
-  w1 = register_parameter("w1", uniform_init({n_expert, d_ff, d_model}, bound1, gen));
+  // The weights start where oneDNN's few-row products with them run fastest
+  // (xmoe/kernels/gemm_weight.h); the values are those of a plain uniform_init.
+  auto placed = [](const at::Tensor& values) {
+    return kernels::empty_gemm_weight(values.sizes()).copy_(values);
+  };
+  w1 = register_parameter("w1", placed(uniform_init({n_expert, d_ff, d_model}, bound1, gen)));
   b1 = register_parameter("b1", uniform_init({n_expert, d_ff}, bound1, gen));
-  w2 = register_parameter("w2", uniform_init({n_expert, d_model, d_ff}, bound2, gen));
+  w2 = register_parameter("w2", placed(uniform_init({n_expert, d_model, d_ff}, bound2, gen)));
   b2 = register_parameter("b2", uniform_init({n_expert, d_model}, bound2, gen));
   if (layer_norm) {
     ln_weight = register_parameter("ln_weight", at::ones({n_expert, d_model}));
