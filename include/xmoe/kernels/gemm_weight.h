@@ -6,8 +6,9 @@
 // 16 bytes past one. Every expert block's input gradients, ∂h = ∂y · W2[e] and ∂x = ∂a · W1[e],
 // are such products with an expert weight as B. Measured on the 2-core EPYC (AVX2) hosts, 2
 // threads, T = 8192, d = 512, d_ff = 2048, E = 128 (64 rows per block; docs/performance.md,
-// "Expert weights off the 32-byte grid"): 41-44 → 74-78 GFLOP/s per thread for ∂y · W2[e] and
-// 54-60 → 78-84 for ∂a · W1[e]; offsets of 4, 8, 12, 16 bytes modulo 32 were fast, 0 slow.
+// "Expert weights off the 32-byte grid"): 33-44 → 64-79 GFLOP/s per thread for ∂y · W2[e] and
+// 53-60 → 69-84 for ∂a · W1[e]; starts 4, 8, 16, 48 or 80 bytes past a boundary were fast,
+// multiples of 32 bytes slow.
 // LibTorch aligns every allocation to 64 bytes, so the weights are placed explicitly.
 #pragma once
 
@@ -18,8 +19,8 @@
 namespace xmoe::kernels {
 
 /// Bytes past a 32-byte boundary at which B operands of few-row C = A · B products should start
-/// on this CPU: 16 where oneDNN runs its AVX2 kernels, 0 where it runs AVX-512 ones (whose
-/// 64-byte loads would split cache lines; not measured) or cannot run at all.
+/// on this CPU: 16 where oneDNN runs its AVX2 kernels, 0 elsewhere (its AVX-512 kernels are other
+/// code, not measured, and their 64-byte loads would split cache lines from such an offset).
 int64_t gemm_weight_offset_bytes();
 
 /// An uninitialised contiguous float32 CPU tensor of `shape` whose data starts
