@@ -24,10 +24,10 @@ namespace xmoe::kernels {
 int64_t gemm_weight_offset_bytes();
 
 /// An uninitialised contiguous float32 CPU tensor of `shape` whose data starts
-/// gemm_weight_offset_bytes() past a 32-byte boundary (a view 4 floats into a slightly larger
-/// storage where the offset is 16). Every slice along the first dimension starts at the same
-/// offset when a slice's size is a multiple of 8 floats, as for [E, rows, cols] expert weights
-/// with cols a multiple of 8.
+/// gemm_weight_offset_bytes() past a 32-byte boundary (where that is not 0: up to 7 floats into a
+/// slightly larger storage, not an autograd view). Every slice along the first dimension starts
+/// at the same offset when a slice's size is a multiple of 8 floats, as for [E, rows, cols]
+/// expert weights with cols a multiple of 8.
 at::Tensor empty_gemm_weight(at::IntArrayRef shape);
 
 }  // namespace xmoe::kernels
