@@ -3,9 +3,12 @@
 // X [M, 512] · W [2048, 512]ᵀ (NT) and the weight-gradient form dW [2048, 512] = G [M, 2048]ᵀ ·
 // X [M, 512] (TN), through oneDNN (kernels::sgemm, what the fast path calls) and through ATen
 // (kernels::sgemm_aten: addmm on LibTorch's BLAS, OpenBLAS here), at 1 and 2 threads; and the
-// weight-gradient form's dependence on its operands' row strides (BM_SgemmRowStride). Not a test:
+// weight-gradient form's dependence on its operands' row strides (BM_SgemmRowStride); and the
+// few-row input-gradient products from weights at LibTorch's alignment against the placement of
+// kernels::empty_gemm_weight (BM_SgemmWeightPlacement). Not a test:
 //   ./build/xmoe_bench --benchmark_filter=Sgemm
 #include "xmoe/kernels/gemm.h"
+#include "xmoe/kernels/gemm_weight.h"
 #include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
@@ -81,6 +84,34 @@ BENCHMARK(BM_SgemmRowStride)
     ->ArgNames({"M", "N", "variant"})
     ->ArgsProduct({{128, 256, 512, 768, 1024, 2048}, {128, 256, 512, 1024}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// An expert block's input gradient C [M, N] = A [M, K] · W [K, N] (no transposes), the weight W
+// starting on LibTorch's 64-byte alignment or where kernels::empty_gemm_weight places it (16 bytes
+// past a 32-byte boundary under oneDNN's AVX2 kernels; the same alignment elsewhere), at the
+// caller's thread count. range(0): M; range(1): 0 = ∂y · W2 ([M, 512] · [512, 2048]),
+// 1 = ∂a · W1 ([M, 2048] · [2048, 512]); range(2): 0 = at::empty, 1 = empty_gemm_weight.
+void BM_SgemmWeightPlacement(benchmark::State& state) {
+  const int64_t m = state.range(0);
+  const int64_t k = state.range(1) == 0 ? 512 : 2048, n = state.range(1) == 0 ? 2048 : 512;
+  at::Generator gen = xmoe::make_generator(6);
+  const at::Tensor a = at::empty({m, k}).normal_(0, 1, gen);
+  at::Tensor w = state.range(2) == 0 ? at::empty({k, n}) : xmoe::kernels::empty_gemm_weight({k, n});
+  w.normal_(0, 0.02, gen);
+  at::Tensor c = at::empty({m, n});
+  for (auto _ : state) {
+    xmoe::kernels::sgemm(false, false, m, n, k, 1.f, a.data_ptr<float>(), k, w.data_ptr<float>(), n,
+                         0.f, c.data_ptr<float>(), n);
+    benchmark::DoNotOptimize(c.data_ptr<float>());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * n * k * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_SgemmWeightPlacement)
+    ->ArgNames({"M", "form", "placed"})
+    ->ArgsProduct({{64, 256, 1024}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "xmoe/kernels/gemm_weight.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <oneapi/dnnl/dnnl.h>
 
 #include <cstdint>
@@ -18,8 +19,7 @@ int64_t gemm_weight_offset_bytes() {
 }
 
 at::Tensor empty_gemm_weight(at::IntArrayRef shape) {
-  int64_t numel = 1;
-  for (int64_t size : shape) numel *= size;
+  const int64_t numel = c10::multiply_integers(shape);
   const int64_t offset = gemm_weight_offset_bytes();
   if (offset == 0) return at::empty(shape, at::kFloat);
   // LibTorch's CPU allocator aligns to 64 bytes; 8 spare floats cover any base address.

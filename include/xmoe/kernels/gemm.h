@@ -45,8 +45,8 @@ inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, do
 /// A block with more than 1/(2·threads) of all rows runs alone, its GEMMs using every thread;
 /// the other blocks are spread over the threads, largest first, each running single-threaded
 /// (dnnl_sgemm and ATen run serially inside the parallel region); a lone such block runs on
-/// every thread. Which blocks run which way
-/// depends only on the offsets and the thread count. An exception from `block` is rethrown.
+/// every thread. Which blocks run which way depends only on the offsets and the thread count.
+/// An exception from `block` is rethrown.
 void for_each_expert_block(const std::vector<int64_t>& offsets,
                            const std::function<void(int64_t, int64_t, int64_t)>& block);
 

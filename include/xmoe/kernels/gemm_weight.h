@@ -8,7 +8,7 @@
 // threads, T = 8192, d = 512, d_ff = 2048, E = 128 (64 rows per block; docs/performance.md,
 // "Expert weights off the 32-byte grid"): 33-44 → 64-79 GFLOP/s per thread for ∂y · W2[e] and
 // 53-60 → 69-84 for ∂a · W1[e]; starts 4, 8, 16, 48 or 80 bytes past a boundary were fast,
-// multiples of 32 bytes slow.
+// multiples of 32 bytes slow. BM_SgemmWeightPlacement (bench/bench_gemm.cpp) shows it alone.
 // LibTorch aligns every allocation to 64 bytes, so the weights are placed explicitly.
 #pragma once
 
