@@ -25,6 +25,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Intra-op threads (default: the number of cores)")
       ->check(xmoe::cli::kPositive);
   app.parse_complete_callback([&] { at::set_num_threads(threads); });
+  // Subcommands inherit this: an option a subcommand does not know falls through to its parents,
+  // so `xmoe bench layer --threads 2` works as well as `xmoe --threads 2 bench layer`.
+  app.fallthrough();
+  app.footer("Every subcommand also takes --threads N (default: the number of cores).");
 
   xmoe::cli::register_analyze(app);
   xmoe::cli::register_bench(app);

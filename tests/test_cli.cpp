@@ -681,6 +681,24 @@ TEST(CliHelpAndDemo, HelpAndDemoRun) {
   EXPECT_EQ(demo.find("nan"), std::string::npos);
 }
 
+// --threads is a global option, accepted before the subcommand and, as the fast-path issue writes
+// it (`xmoe bench layer ... --threads N`), after it; both take effect.
+TEST(CliHelpAndDemo, ThreadsAfterTheSubcommandTakeEffect) {
+  TempDir dir("xmoe_cli_threads");
+  const std::string layer = " --tokens 64 --d-model 8 --d-ff 8 --experts 2 --iters 1 --warmup 0";
+  const std::vector<CliResult> r = run_cli_all(
+      dir, {"bench layer --threads 1" + layer, "--threads 1 bench layer" + layer,
+            "bench layer --threads 3" + layer, "demo --threads 0", "bench layer --thread 1"});
+  for (int i : {0, 1, 2}) ASSERT_TRUE(Succeeded(r[i])) << r[i].args << "\n" << r[i].err;
+  EXPECT_TRUE(Contains(r[0].out, "\"threads\":1")) << r[0].out;
+  EXPECT_TRUE(Contains(r[1].out, "\"threads\":1")) << r[1].out;
+  EXPECT_TRUE(Contains(r[2].out, "\"threads\":3")) << r[2].out;
+  EXPECT_NE(r[3].code, 0);
+  EXPECT_TRUE(Contains(r[3].err, "--threads: must be > 0 (got 0)")) << r[3].err;
+  EXPECT_NE(r[4].code, 0);  // a misspelt option still fails, after falling through every parent
+  EXPECT_TRUE(Contains(r[4].err, "--thread")) << r[4].err;
+}
+
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.
 TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
   TempDir dir("xmoe_cli_numbers");
