@@ -4,15 +4,16 @@
 #   best thread count, and the bare GEMM limit (same expert GEMMs as plain sgemm calls),
 # then a table with the ratios. Usage:
 #   bench/compare.sh [--tokens 8192] [--d-model 512] [--d-ff 2048] [--iters 3] [--repeats 1]
-#                    [--configs "1:8 2:8 1:64 2:64 1:128"]   (top_k:experts pairs)
+#                    [--configs "1:8 2:8 1:64 2:64 1:128"]   (top_k:experts pairs) [--no-setup]
 # --repeats R runs the whole sweep R times, one after another, and keeps each implementation's
 # best cell: every row gets the same number of tries, so a disturbed run costs no one the table.
+# --no-setup skips scripts/setup.sh --bench and the build (both already done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every row runs with the heap setting xmoe applies to itself (include/xmoe/util/heap.h): large
 # freed blocks stay mapped, so no implementation pays page faults for buffers it re-allocates.
 export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
-tokens=8192 d_model=512 d_ff=2048 iters=3 repeats=1 configs="1:8 2:8 1:64 2:64 1:128"
+tokens=8192 d_model=512 d_ff=2048 iters=3 repeats=1 configs="1:8 2:8 1:64 2:64 1:128" setup=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokens) tokens=$2; shift 2 ;;
@@ -21,12 +22,15 @@ while [ $# -gt 0 ]; do
     --iters) iters=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
+    --no-setup) setup=0; shift ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-bash scripts/setup.sh --bench >/dev/null
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build --target xmoe_cli >/dev/null
+if [ "$setup" = 1 ]; then
+  bash scripts/setup.sh --bench >/dev/null
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build --target xmoe_cli >/dev/null
+fi
 threads=$(nproc)
 out=$(mktemp)
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}" >&2
