@@ -5,6 +5,7 @@
 #include "xmoe/data/tokenizer_trainer.h"
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/evaluate.h"
+#include "xmoe/train/lr_schedule.h"
 #include "xmoe/train/saved_model.h"
 #include "xmoe/train/trainer.h"
 #include "xmoe/train/training_state.h"
@@ -77,6 +78,37 @@ class TrainerTest : public ::testing::Test {
     return lines;
   }
 
+  // Trains `c` into `run`, expecting it to diverge (see DivergedRunNamesTheStep... below).
+  static void check_diverged_run(const PretrainConfig& c, const std::string& run) {
+    const std::string dir = run + "/checkpoints";
+    std::string message;
+    try {
+      train(c, run);
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+    ASSERT_FALSE(message.empty()) << "20 steps at lr 1e30 finished without an error";
+    EXPECT_TRUE(Contains(message, "train.lr")) << message;
+    EXPECT_TRUE(Contains(message, dir)) << message;
+    EXPECT_TRUE(Contains(message, "non-finite") || Contains(message, "not finite")) << message;
+    ASSERT_EQ(message.rfind("step ", 0), 0u) << message;
+    const int64_t failed = std::stoll(message.substr(5));
+    EXPECT_GE(failed, 1);
+    const auto kept = list_checkpoints(dir);
+    EXPECT_EQ(static_cast<int64_t>(kept.size()), failed - 1);
+    EXPECT_TRUE(Contains(message, kept.empty() ? "start again"
+                                               : "xmoe pretrain --resume --out " + run))
+        << message;
+    for (const auto& [step, path] : kept) {
+      EXPECT_LT(step, failed);
+      for (const auto& [name, t] : read_checkpoint(path).tensors) {
+        if (t.is_floating_point()) {
+          EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << path << " " << name;
+        }
+      }
+    }
+  }
+
   static std::unique_ptr<TempDir> dir_;
 };
 std::unique_ptr<TempDir> TrainerTest::dir_;
@@ -146,10 +178,16 @@ TEST_F(TrainerTest, RefusesToOverwriteARunOrResumeWithAnotherConfig) {
     EXPECT_TRUE(Contains(e.what(), "already holds a run with checkpoints: pass --resume"));
   }
   try {
-    train(config({"train.lr=1e-4"}), runs.file("run"), true);
-    ADD_FAILURE() << "resumed with another learning rate";
+    train(config({"train.seed=6"}), runs.file("run"), true);
+    ADD_FAILURE() << "resumed with another seed";
   } catch (const std::runtime_error& e) {
-    EXPECT_TRUE(Contains(e.what(), "the config differs from the checkpoint's at 'train.lr'"));
+    EXPECT_TRUE(Contains(e.what(), "the config differs from the checkpoint's at 'train.seed'"));
+  }
+  try {
+    train(config({"model.d_ff=48"}), runs.file("run"), true);
+    ADD_FAILURE() << "resumed with another model";
+  } catch (const std::runtime_error& e) {
+    EXPECT_TRUE(Contains(e.what(), "the config differs from the checkpoint's at 'model.d_ff'"));
   }
   try {
     train(config(), runs.file("nothing"), true);
@@ -208,6 +246,55 @@ TEST_F(TrainerTest, CheckpointsKeepTheNewestK) {
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].first, 4);
   EXPECT_EQ(all[1].first, 5);
+}
+
+// The learning-rate schedule may change on resume (how a diverged run goes on): the resumed steps
+// follow the new schedule from the checkpoint's step, with the weights and AdamW moments it saved.
+TEST_F(TrainerTest, ResumeMayChangeTheLearningRateSchedule) {
+  TempDir runs("xmoe_runs");
+  const PretrainConfig before =
+      config({"train.lr=3e-3", "train.warmup_steps=2", "checkpoint.every=4"});
+  const PretrainConfig after = config({"train.lr=1e-3", "train.warmup_steps=3",
+                                       "train.clip_norm=0.5", "train.final_lr_ratio=0.1",
+                                       "checkpoint.every=4"});
+  EXPECT_EQ(train(before, runs.file("run"), false, /*max_steps=*/4).step, 4);
+  EXPECT_EQ(train(after, runs.file("run"), /*resume=*/true).step, 8);
+  // Another run that switched the schedule at the same step, from a copy of the same checkpoint.
+  EXPECT_EQ(train(before, runs.file("twin"), false, 4).step, 4);
+  EXPECT_EQ(train(after, runs.file("twin"), true).step, 8);
+  const auto lines = metrics(runs.file("run"));
+  int checked = 0;
+  for (const auto& line : lines) {
+    if (line.at("kind") != "train") continue;
+    const int64_t step = line.at("step").get<int64_t>();
+    const TrainConfig& t = (step <= 4 ? before : after).train;
+    EXPECT_DOUBLE_EQ(line.at("lr").get<double>(),
+                     learning_rate_at(step - 1, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio))
+        << "step " << step;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 8);
+  EXPECT_EQ(lines, metrics(runs.file("twin")));  // still deterministic
+  const auto saved = nlohmann::json::parse(xmoe_test::read_file(runs.file("run/config.json")));
+  EXPECT_EQ(saved.at("train").at("lr"), 1e-3);
+}
+
+// A learning rate far too large makes the model blow up within a few steps. The run stops with an
+// error naming the step, the fix and the checkpoint directory; every checkpoint it leaves is from
+// a step before that one and holds finite weights, so the run can be resumed with a lower rate.
+// With MoE layers a router sees the non-finite values first; the dense model (no router) stops
+// on the loss or the gradient norm.
+TEST_F(TrainerTest, DivergedRunNamesTheStepAndKeepsOnlyFiniteCheckpoints) {
+  const std::vector<std::string> diverging = {"train.steps=20", "train.lr=1e30",
+                                              "train.warmup_steps=1", "train.clip_norm=0",
+                                              "checkpoint.every=1", "checkpoint.keep=20"};
+  for (const bool dense : {false, true}) {
+    SCOPED_TRACE(dense ? "dense" : "MoE");
+    std::vector<std::string> overrides = diverging;
+    if (dense) overrides.insert(overrides.end(), {"model.moe_layers=[]", "moe=null"});
+    TempDir runs("xmoe_runs");
+    check_diverged_run(config(overrides), runs.file("run"));
+  }
 }
 
 TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {

@@ -118,7 +118,7 @@ int64_t RouterImpl::check_finite(const at::Tensor& t, const char* what) const {
     msg << "xmoe router (layer '" << options_.name() << "', kind '" << options_.kind()
         << "'): " << bad << " non-finite value(s) in the " << what
         << "; refusing to route a diverged model";
-    throw std::invalid_argument(msg.str());
+    throw NonFiniteRoutingError(msg.str());
   }
   return bad;
 }

@@ -3,6 +3,7 @@
 #include "xmoe/data/mlm_dataset.h"
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/model/encoder.h"
+#include "xmoe/routing/router.h"
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/evaluate.h"
 #include "xmoe/train/fused_adamw.h"
@@ -95,10 +96,16 @@ double seconds_since(Clock::time_point t) {
 
 json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
+// train.* keys that may change on resume: the learning-rate schedule and clipping. Lowering the
+// rate is how a diverged run goes on from its last good checkpoint; the rate is a function of
+// the step and AdamW's moments carry over, so nothing else has to be reset.
+constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio", "clip_norm"};
+
 // The keys whose change would make a resumed run a different run.
 json identity_of(const std::string& config_json) {
   json c = json::parse(config_json);
   c["train"].erase("steps");
+  for (const char* key : kScheduleKeys) c["train"].erase(key);
   c.erase("log");
   c.erase("eval");
   c.erase("checkpoint");
@@ -143,6 +150,8 @@ class Trainer {
   void log_train(Accumulated& acc);
   double validate();
   std::string save_checkpoint();
+  /// The error of a step that diverged: what went non-finite, and how to go on.
+  std::runtime_error diverged(int64_t step, const std::string& what) const;
   std::string router_rng(int64_t layer) const { return "rng.router." + std::to_string(layer); }
 
   PretrainConfig config_;
@@ -235,13 +244,34 @@ std::string Trainer::save_checkpoint() {
                           config_.checkpoint.keep);
 }
 
+std::runtime_error Trainer::diverged(int64_t step, const std::string& what) const {
+  std::string msg = "step " + std::to_string(step) + ": " + what +
+                    "; no checkpoint was written for it. Lower train.lr or raise "
+                    "train.warmup_steps, and ";
+  const auto kept = list_checkpoints(checkpoint_dir_);
+  if (kept.empty()) {
+    msg += "start again (" + checkpoint_dir_ + " holds no checkpoint yet)";
+  } else {  // the schedule keys may change on resume (kScheduleKeys)
+    msg += "resume from the last checkpoint in " + checkpoint_dir_ + " (step " +
+           std::to_string(kept.back().first) + "): xmoe pretrain --resume --out " +
+           options_.run_dir + " --set train.lr=...";
+  }
+  return std::runtime_error(msg);
+}
+
 void Trainer::train_step(Accumulated& acc) {
   const auto t0 = Clock::now();
   const TrainConfig& t = config_.train;
+  const int64_t next = step_ + 1;
   double mlm_sum = 0, aux_sum = 0;
   for (int64_t a = 0; a < t.accumulate; ++a) {
     MlmBatch batch = train_data_->next_batch();
-    MlmOutput out = model_->mlm(batch.input_ids, batch.labels);
+    MlmOutput out;
+    try {
+      out = model_->mlm(batch.input_ids, batch.labels);
+    } catch (const NonFiniteRoutingError& e) {  // a diverged model shows here first with MoE layers
+      throw diverged(next, e.what());
+    }
     at::Tensor loss = out.loss + out.encoder.aux_loss;
     (t.accumulate > 1 ? loss / static_cast<double>(t.accumulate) : loss).backward();
     mlm_sum += out.loss.item<double>();
@@ -256,22 +286,17 @@ void Trainer::train_step(Accumulated& acc) {
     }
   }
   const double mlm = mlm_sum / t.accumulate, aux = aux_sum / t.accumulate;
-  const int64_t next = step_ + 1;
   if (!std::isfinite(mlm) || !std::isfinite(aux)) {
     std::ostringstream msg;
-    msg << "step " << next << ": the training loss is not finite (mlm " << mlm << ", aux " << aux
-        << "); no checkpoint was written for it. Lower train.lr or raise train.warmup_steps, "
-        << "and resume from the last checkpoint in " << checkpoint_dir_;
-    throw std::runtime_error(msg.str());
+    msg << "the training loss is not finite (mlm " << mlm << ", aux " << aux << ")";
+    throw diverged(next, msg.str());
   }
   const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
   last_lr_ = learning_rate_at(step_, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
   last_grad_norm_ = clipped_adamw_step(*optimizer_, max_norm);  // no update when not finite
-  if (!std::isfinite(last_grad_norm_))
-    throw std::runtime_error("step " + std::to_string(next) + ": the gradient norm is not finite; "
-                             "lower train.lr and resume from the last checkpoint in " + checkpoint_dir_);
+  if (!std::isfinite(last_grad_norm_)) throw diverged(next, "the gradient norm is not finite");
   clear_gradients(*model_);
   step_ = next;
   acc.loss += mlm + aux;
@@ -379,8 +404,17 @@ TrainResult Trainer::run() {
     const std::string diff = first_difference(identity_of(saved->second), identity_of(config_.to_json()));
     if (!diff.empty())
       throw std::runtime_error(resume_from->path + ": --resume: the config differs from the "
-                               "checkpoint's at '" + diff + "' (only train.steps, log, eval and "
-                               "checkpoint settings may change on resume)");
+                               "checkpoint's at '" + diff + "' (only train.steps, the schedule "
+                               "keys train.lr, train.warmup_steps, train.final_lr_ratio and "
+                               "train.clip_norm, and the log, eval and checkpoint settings may "
+                               "change on resume)");
+    const json before = json::parse(saved->second).at("train");
+    const json now = json::parse(config_.to_json()).at("train");
+    for (const char* key : kScheduleKeys) {  // a deliberate change: say so, it ends bit-identity
+      if (options_.progress && before.value(key, json()) != now.value(key, json()))
+        std::cerr << "xmoe pretrain: resuming with train." << key << " = " << now.value(key, json())
+                  << " (the checkpoint's run had " << before.value(key, json()) << ")\n";
+    }
   }
   prepare_run_dir(resume_from.get());
   const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();

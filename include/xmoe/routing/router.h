@@ -15,10 +15,19 @@
 
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace xmoe {
+
+/// Thrown by a router whose input or scores hold NaN or ±inf (with check_finite on): the usual
+/// first sign of a diverged model. A std::invalid_argument, so callers may treat it like any
+/// other bad input; the trainer catches it to name the step and suggest a lower learning rate.
+class NonFiniteRoutingError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
 
 /// Extra inputs of one routing call.
 struct RouteInputs {
@@ -51,8 +60,8 @@ class RouterImpl : public torch::nn::Module {
  protected:
   /// Applies Switch jitter to the router input in training mode.
   at::Tensor maybe_jitter(const at::Tensor& h);
-  /// Throws std::invalid_argument naming the layer when `t` has non-finite values (when
-  /// checking is on); returns their count.
+  /// Throws NonFiniteRoutingError naming the layer when `t` has non-finite values (when checking
+  /// is on); returns their count.
   int64_t check_finite(const at::Tensor& t, const char* what) const;
   /// Whether a parameter of this router is trainable by design (true unless overridden).
   virtual bool trainable_by_design(const std::string& name) const { return true; }
