@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <filesystem>
 #include <torch/nn/modules/linear.h>
 
@@ -78,35 +79,44 @@ class TrainerTest : public ::testing::Test {
     return lines;
   }
 
-  // Trains `c` into `run`, expecting it to diverge (see DivergedRunNamesTheStep... below).
-  static void check_diverged_run(const PretrainConfig& c, const std::string& run) {
+  // Trains `c` into `run` (resuming when asked) with a checkpoint after every step, expecting it
+  // to diverge; checks the error and the checkpoints it leaves and returns the failed step.
+  static int64_t check_diverged_run(const PretrainConfig& c, const std::string& run, bool resume) {
     const std::string dir = run + "/checkpoints";
     std::string message;
     try {
-      train(c, run);
+      train(c, run, resume);
     } catch (const std::runtime_error& e) {
       message = e.what();
     }
-    ASSERT_FALSE(message.empty()) << "20 steps at lr 1e30 finished without an error";
+    if (message.rfind("step ", 0) != 0) {
+      ADD_FAILURE() << "expected a diverged run, got: '" << message << "'";
+      return -1;
+    }
     EXPECT_TRUE(Contains(message, "train.lr")) << message;
-    EXPECT_TRUE(Contains(message, dir)) << message;
     EXPECT_TRUE(Contains(message, "non-finite") || Contains(message, "not finite")) << message;
-    ASSERT_EQ(message.rfind("step ", 0), 0u) << message;
     const int64_t failed = std::stoll(message.substr(5));
-    EXPECT_GE(failed, 1);
+    EXPECT_GE(failed, 2) << message;
+    // The checkpoint of the step before leads straight to the failure: it is set aside.
+    char name[64];
+    std::snprintf(name, sizeof(name), "/step-%06lld.safetensors.diverged",
+                  static_cast<long long>(failed - 1));
+    EXPECT_TRUE(std::filesystem::exists(dir + name)) << dir + name;
+    EXPECT_TRUE(Contains(message, "set aside as " + dir + name)) << message;
     const auto kept = list_checkpoints(dir);
-    EXPECT_EQ(static_cast<int64_t>(kept.size()), failed - 1);
-    EXPECT_TRUE(Contains(message, kept.empty() ? "start again"
-                                               : "xmoe pretrain --resume --out " + run))
+    EXPECT_TRUE(Contains(message, kept.empty() ? "start again (" + dir
+                                               : "(step " + std::to_string(kept.back().first) +
+                                                     "): xmoe pretrain --resume --out " + run))
         << message;
     for (const auto& [step, path] : kept) {
-      EXPECT_LT(step, failed);
-      for (const auto& [name, t] : read_checkpoint(path).tensors) {
+      EXPECT_LT(step, failed - 1);
+      for (const auto& [tensor, t] : read_checkpoint(path).tensors) {
         if (t.is_floating_point()) {
-          EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << path << " " << name;
+          EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << path << " " << tensor;
         }
       }
     }
+    return failed;
   }
 
   static std::unique_ptr<TempDir> dir_;
@@ -280,20 +290,29 @@ TEST_F(TrainerTest, ResumeMayChangeTheLearningRateSchedule) {
 }
 
 // A learning rate far too large makes the model blow up within a few steps. The run stops with an
-// error naming the step, the fix and the checkpoint directory; every checkpoint it leaves is from
-// a step before that one and holds finite weights, so the run can be resumed with a lower rate.
-// With MoE layers a router sees the non-finite values first; the dense model (no router) stops
-// on the loss or the gradient norm.
-TEST_F(TrainerTest, DivergedRunNamesTheStepAndKeepsOnlyFiniteCheckpoints) {
-  const std::vector<std::string> diverging = {"train.steps=20", "train.lr=1e30",
-                                              "train.warmup_steps=1", "train.clip_norm=0",
-                                              "checkpoint.every=1", "checkpoint.keep=20"};
+// error naming the step and the fix. The checkpoint of the step before is set aside (resumed, it
+// would replay the same batch from the same weights and fail again at any rate), so --resume goes
+// on from the one before it, and at a sane rate the run then finishes. With MoE layers a router
+// sees the non-finite values first; the dense model (no router) stops on the loss or gradient.
+TEST_F(TrainerTest, DivergedRunNamesTheStepAndSetsAsideTheCheckpointThatLedToIt) {
+  const std::vector<std::string> blow_up = {"train.lr=1e30", "train.warmup_steps=1",
+                                            "train.clip_norm=0"};
   for (const bool dense : {false, true}) {
     SCOPED_TRACE(dense ? "dense" : "MoE");
-    std::vector<std::string> overrides = diverging;
-    if (dense) overrides.insert(overrides.end(), {"model.moe_layers=[]", "moe=null"});
+    std::vector<std::string> sane = {"train.steps=8", "checkpoint.every=1", "checkpoint.keep=20"};
+    if (dense) sane.insert(sane.end(), {"model.moe_layers=[]", "moe=null"});
+    std::vector<std::string> diverging = sane;
+    diverging.insert(diverging.end(), blow_up.begin(), blow_up.end());
     TempDir runs("xmoe_runs");
-    check_diverged_run(config(overrides), runs.file("run"));
+
+    check_diverged_run(config(diverging), runs.file("from_scratch"), /*resume=*/false);
+
+    EXPECT_EQ(train(config(sane), runs.file("run"), false, /*max_steps=*/3).step, 3);
+    const int64_t failed = check_diverged_run(config(diverging), runs.file("run"), true);
+    EXPECT_GE(failed, 5);  // step 4 is the first at 1e30; its weights make step 5 fail
+    const TrainResult resumed = train(config(sane), runs.file("run"), true);
+    EXPECT_TRUE(resumed.finished);
+    EXPECT_EQ(resumed.step, 8);
   }
 }
 

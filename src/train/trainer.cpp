@@ -150,8 +150,9 @@ class Trainer {
   void log_train(Accumulated& acc);
   double validate();
   std::string save_checkpoint();
-  /// The error of a step that diverged: what went non-finite, and how to go on.
-  std::runtime_error diverged(int64_t step, const std::string& what) const;
+  /// The error of a step that diverged: what went non-finite, and how to go on. Sets aside the
+  /// checkpoint of the step before, from which a resumed run would fail again.
+  std::runtime_error diverged(int64_t step, const std::string& what);
   std::string router_rng(int64_t layer) const { return "rng.router." + std::to_string(layer); }
 
   PretrainConfig config_;
@@ -244,13 +245,29 @@ std::string Trainer::save_checkpoint() {
                           config_.checkpoint.keep);
 }
 
-std::runtime_error Trainer::diverged(int64_t step, const std::string& what) const {
-  std::string msg = "step " + std::to_string(step) + ": " + what +
-                    "; no checkpoint was written for it. Lower train.lr or raise "
-                    "train.warmup_steps, and ";
-  const auto kept = list_checkpoints(checkpoint_dir_);
+std::runtime_error Trainer::diverged(int64_t step, const std::string& what) {
+  std::string msg =
+      "step " + std::to_string(step) + ": " + what + "; no checkpoint was written for it. ";
+  auto kept = list_checkpoints(checkpoint_dir_);
+  if (!kept.empty() && kept.back().first == step - 1) {
+    // Step `step` starts from the weights of step - 1 and replays the same batch and dropout on
+    // resume, so it would fail from that checkpoint again at any learning rate. Renamed (not
+    // deleted), it no longer counts as a checkpoint and --resume takes the one before.
+    const std::string bad = kept.back().second, aside = bad + ".diverged";
+    std::error_code ec;
+    fs::rename(bad, aside, ec);
+    if (ec) {
+      msg += "The checkpoint of step " + std::to_string(step - 1) + " (" + bad + ") gives the same "
+             "values on resume; remove it (renaming failed: " + ec.message() + "). ";
+    } else {
+      msg += "The checkpoint of step " + std::to_string(step - 1) + ", which leads straight to it, "
+             "is set aside as " + aside + ". ";
+    }
+    kept.pop_back();
+  }
+  msg += "Lower train.lr or raise train.warmup_steps, and ";
   if (kept.empty()) {
-    msg += "start again (" + checkpoint_dir_ + " holds no checkpoint yet)";
+    msg += "start again (" + checkpoint_dir_ + " holds no usable checkpoint)";
   } else {  // the schedule keys may change on resume (kScheduleKeys)
     msg += "resume from the last checkpoint in " + checkpoint_dir_ + " (step " +
            std::to_string(kept.back().first) + "): xmoe pretrain --resume --out " +
