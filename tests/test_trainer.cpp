@@ -258,6 +258,33 @@ TEST_F(TrainerTest, CheckpointsKeepTheNewestK) {
   EXPECT_EQ(all[1].first, 5);
 }
 
+// Resuming a finished run (scripts/demo.sh does on a re-run), or with train.steps below the run's
+// step, trains nothing and leaves the run directory as it was.
+TEST_F(TrainerTest, ResumingWithNothingToTrainLeavesTheRunAsItWas) {
+  TempDir runs("xmoe_runs");
+  const TrainResult first =
+      train(config({"train.steps=4", "train.warmup_steps=1"}), runs.file("run"));
+  ASSERT_TRUE(first.finished);
+  const auto snapshot = [&] {
+    std::vector<std::string> files;
+    for (const char* name : {"config.json", "metrics.jsonl"})
+      files.push_back(xmoe_test::read_file(runs.file(std::string("run/") + name)));
+    for (const auto& [step, path] : list_checkpoints(runs.file("run/checkpoints")))
+      files.push_back(path);
+    return files;
+  };
+  const auto before = snapshot();
+  for (const char* steps : {"train.steps=4", "train.steps=2"}) {
+    SCOPED_TRACE(steps);
+    const TrainResult again =
+        train(config({steps, "train.warmup_steps=1"}), runs.file("run"), /*resume=*/true);
+    EXPECT_TRUE(again.finished);
+    EXPECT_EQ(again.step, 4);
+    EXPECT_EQ(again.checkpoint, first.checkpoint);
+    EXPECT_EQ(snapshot(), before);
+  }
+}
+
 // The learning-rate schedule may change on resume (how a diverged run goes on): the resumed steps
 // follow the new schedule from the checkpoint's step, with the weights and AdamW moments it saved.
 TEST_F(TrainerTest, ResumeMayChangeTheLearningRateSchedule) {

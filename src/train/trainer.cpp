@@ -433,6 +433,20 @@ TrainResult Trainer::run() {
                   << " (the checkpoint's run had " << before.value(key, json()) << ")\n";
     }
   }
+  if (resume_from && resume_from->step >= config_.train.steps) {
+    // A finished run resumed (as scripts/demo.sh does on a re-run), or train.steps set below the
+    // run's step: nothing to train, and the run directory stays exactly as it is.
+    if (options_.progress)
+      std::cerr << "xmoe pretrain: " << options_.run_dir << " is at step " << resume_from->step
+                << " and train.steps is " << config_.train.steps
+                << ": nothing to train (raise train.steps to continue)\n";
+    TrainResult done;
+    done.finished = true;
+    done.step = resume_from->step;
+    done.valid_loss = NAN;  // none ran in this process
+    done.checkpoint = resume_from->path;
+    return done;
+  }
   prepare_run_dir(resume_from.get());
   const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();
   if (resume_from && fs::exists(probe_path)) {

@@ -69,7 +69,8 @@ struct TrainResult {
   bool finished = false;        // false: stopped early (a checkpoint was written)
   int64_t step = 0;             // optimizer steps done
   double valid_loss = 0.0;      // last validation loss (NaN when none ran in this process)
-  std::string checkpoint;       // last checkpoint written
+  std::string checkpoint;       // last checkpoint written (resumed with nothing to train: the
+                                // one resumed from)
 };
 
 /// Trains. Throws std::runtime_error / xmoe::FileFormatError naming the file or step for
