@@ -74,7 +74,9 @@ struct TrainResult {
 };
 
 /// Trains. Throws std::runtime_error / xmoe::FileFormatError naming the file or step for
-/// missing data, a config that does not match the checkpoint, or a non-finite loss.
+/// missing data, a config that does not match the checkpoint, or a diverged step (non-finite
+/// router input, loss or gradient norm; the checkpoint of the step before is then renamed
+/// `*.diverged`, docs/pretraining.md).
 TrainResult pretrain(const PretrainConfig& config, const TrainerOptions& options);
 
 }  // namespace xmoe
