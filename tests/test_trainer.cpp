@@ -14,7 +14,6 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
 #include <filesystem>
 #include <torch/nn/modules/linear.h>
 
@@ -98,11 +97,9 @@ class TrainerTest : public ::testing::Test {
     const int64_t failed = std::stoll(message.substr(5));
     EXPECT_GE(failed, 2) << message;
     // The checkpoint of the step before leads straight to the failure: it is set aside.
-    char name[64];
-    std::snprintf(name, sizeof(name), "/step-%06lld.safetensors.diverged",
-                  static_cast<long long>(failed - 1));
-    EXPECT_TRUE(std::filesystem::exists(dir + name)) << dir + name;
-    EXPECT_TRUE(Contains(message, "set aside as " + dir + name)) << message;
+    const std::string aside = checkpoint_path(dir, failed - 1) + ".diverged";
+    EXPECT_TRUE(std::filesystem::exists(aside)) << aside;
+    EXPECT_TRUE(Contains(message, "set aside as " + aside)) << message;
     const auto kept = list_checkpoints(dir);
     EXPECT_TRUE(Contains(message, kept.empty() ? "start again (" + dir
                                                : "(step " + std::to_string(kept.back().first) +
@@ -269,8 +266,10 @@ TEST_F(TrainerTest, ResumingWithNothingToTrainLeavesTheRunAsItWas) {
     std::vector<std::string> files;
     for (const char* name : {"config.json", "metrics.jsonl"})
       files.push_back(xmoe_test::read_file(runs.file(std::string("run/") + name)));
-    for (const auto& [step, path] : list_checkpoints(runs.file("run/checkpoints")))
+    for (const auto& [step, path] : list_checkpoints(runs.file("run/checkpoints"))) {
       files.push_back(path);
+      files.push_back(xmoe_test::read_file(path));
+    }
     return files;
   };
   const auto before = snapshot();

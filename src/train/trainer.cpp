@@ -419,12 +419,27 @@ TrainResult Trainer::run() {
     if (saved == resume_from->metadata.end())
       throw FileFormatError(resume_from->path + ": the checkpoint has no 'config' metadata");
     const std::string diff = first_difference(identity_of(saved->second), identity_of(config_.to_json()));
-    if (!diff.empty())
+    if (!diff.empty()) {
+      std::string schedule;
+      for (const char* key : kScheduleKeys) schedule += std::string(", train.") + key;
       throw std::runtime_error(resume_from->path + ": --resume: the config differs from the "
-                               "checkpoint's at '" + diff + "' (only train.steps, the schedule "
-                               "keys train.lr, train.warmup_steps, train.final_lr_ratio and "
-                               "train.clip_norm, and the log, eval and checkpoint settings may "
-                               "change on resume)");
+                               "checkpoint's at '" + diff + "' (only train.steps" + schedule +
+                               " and the log, eval and checkpoint settings may change on resume)");
+    }
+    if (resume_from->step >= config_.train.steps) {
+      // A finished run resumed (as scripts/demo.sh does on a re-run), or train.steps set below
+      // the run's step: nothing to train, and the run directory stays exactly as it is.
+      if (options_.progress)
+        std::cerr << "xmoe pretrain: " << options_.run_dir << " is at step " << resume_from->step
+                  << " and train.steps is " << config_.train.steps
+                  << ": nothing to train (raise train.steps to continue)\n";
+      TrainResult done;
+      done.finished = true;
+      done.step = resume_from->step;
+      done.valid_loss = NAN;  // none ran in this process
+      done.checkpoint = resume_from->path;
+      return done;
+    }
     const json before = json::parse(saved->second).at("train");
     const json now = json::parse(config_.to_json()).at("train");
     for (const char* key : kScheduleKeys) {  // a deliberate change: say so, it ends bit-identity
@@ -432,20 +447,6 @@ TrainResult Trainer::run() {
         std::cerr << "xmoe pretrain: resuming with train." << key << " = " << now.value(key, json())
                   << " (the checkpoint's run had " << before.value(key, json()) << ")\n";
     }
-  }
-  if (resume_from && resume_from->step >= config_.train.steps) {
-    // A finished run resumed (as scripts/demo.sh does on a re-run), or train.steps set below the
-    // run's step: nothing to train, and the run directory stays exactly as it is.
-    if (options_.progress)
-      std::cerr << "xmoe pretrain: " << options_.run_dir << " is at step " << resume_from->step
-                << " and train.steps is " << config_.train.steps
-                << ": nothing to train (raise train.steps to continue)\n";
-    TrainResult done;
-    done.finished = true;
-    done.step = resume_from->step;
-    done.valid_loss = NAN;  // none ran in this process
-    done.checkpoint = resume_from->path;
-    return done;
   }
   prepare_run_dir(resume_from.get());
   const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();
