@@ -230,6 +230,95 @@ TEST_F(TrainerTest, CorruptCheckpointIsReportedWithItsPath) {
   }
 }
 
+// A checkpoint whose contents are wrong in ways the file format cannot see: every load names the
+// file and tensor, and a refused resume leaves the run directory exactly as it was (config.json
+// is not rewritten with the refused overrides, metrics and tokenizer copy untouched).
+TEST_F(TrainerTest, RefusedResumeNamesTheTensorAndLeavesTheRunAsItWas) {
+  TempDir runs("xmoe_runs");
+  const std::string run = runs.file("run");
+  const TrainResult r = train(config({"train.steps=3", "train.warmup_steps=1"}), run);
+  const Checkpoint good = read_checkpoint(r.checkpoint);
+  const auto snapshot = [&] {
+    std::vector<std::string> files;
+    for (const char* name : {"config.json", "metrics.jsonl", "tokenizer.model", "probe_tokens.safetensors"})
+      files.push_back(xmoe_test::read_file(run + "/" + name));
+    return files;
+  };
+  const auto before = snapshot();
+  const auto expect_refused = [&](const TensorMap& tensors, const std::string& expected) {
+    save_safetensors(r.checkpoint, tensors, good.metadata);
+    const std::string message = xmoe_test::error_message<FileFormatError>([&] {
+      train(config({"train.steps=5", "train.warmup_steps=1", "checkpoint.keep=1"}), run, true);
+    });
+    EXPECT_TRUE(Contains(message, r.checkpoint + ": " + expected));
+    EXPECT_EQ(snapshot(), before);
+  };
+  std::string weight;
+  for (const auto& item : good.tensors)
+    if (weight.empty() && item.first.rfind("model.", 0) == 0 &&
+        good.tensors.count("optim." + item.first.substr(6) + ".exp_avg_sq"))
+      weight = item.first;  // a trained parameter: it has AdamW moments too
+  ASSERT_FALSE(weight.empty());
+  for (const std::string& name : {weight, "optim." + weight.substr(6) + ".exp_avg_sq"}) {
+    SCOPED_TRACE(name);
+    TensorMap bad = good.tensors;
+    bad[name] = bad.at(name).clone();
+    bad[name].view(-1)[0] = std::nan("");
+    expect_refused(bad, "tensor '" + name + "' holds non-finite values (NaN or inf)");
+    if (name == weight) {
+      EXPECT_TRUE(Contains(xmoe_test::error_message<FileFormatError>([&] { load_saved_model(run); }),
+                           "tensor '" + name + "' holds non-finite values"));
+    }
+  }
+  TensorMap bad_probe = good.tensors;
+  bad_probe["probe.expert.1"] = at::full({bad_probe.at("probe.expert.1").size(0)}, 4, at::kLong);
+  expect_refused(bad_probe, "tensor 'probe.expert.1' must be [");
+  TensorMap bad_counter = good.tensors;
+  bad_counter["train.tokens"] = at::zeros({2}, at::kLong);
+  expect_refused(bad_counter, "tensor 'train.tokens' must be one int64");
+
+  save_safetensors(r.checkpoint, good.tensors, good.metadata);
+  EXPECT_EQ(train(config({"train.steps=4", "train.warmup_steps=1"}), run, true).step, 4);
+}
+
+// Resume trains with the tokenizer the checkpoints were trained with, the run's copy, even when
+// data.tokenizer has since been replaced.
+TEST_F(TrainerTest, ResumeUsesTheRunsOwnTokenizerCopy) {
+  TempDir runs("xmoe_runs");
+  const std::string tokenizer = runs.file("spm.model");
+  fs::copy_file(dir_->file("tok/spm.model"), tokenizer);
+  const std::string data = "data.tokenizer=\"" + tokenizer + "\"";
+  train(config({"train.steps=2", "train.warmup_steps=1", data}), runs.file("run"));
+  const std::string copy = xmoe_test::read_file(runs.file("run/tokenizer.model"));
+  xmoe_test::write_file(tokenizer, "retrained since");
+  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1", data}), runs.file("run"), true).step, 3);
+  EXPECT_EQ(xmoe_test::read_file(runs.file("run/tokenizer.model")), copy);
+}
+
+// A fresh run into a directory that a failed run left a metrics file in starts a new one.
+TEST_F(TrainerTest, FreshRunStartsANewMetricsFile) {
+  TempDir runs("xmoe_runs");
+  fs::create_directories(runs.file("run"));
+  xmoe_test::write_file(runs.file("run/metrics.jsonl"), "{\"kind\": \"train\", \"step\": 1, \"loss\": 9}\n");
+  train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));
+  const auto lines = metrics(runs.file("run"));
+  ASSERT_EQ(lines.size(), 3u);  // the train lines of steps 1 and 2, the valid line of step 2
+  EXPECT_NE(lines[0].at("loss"), 9);
+}
+
+// A checkpoint renamed to another step's name would resume at one step and then be overwritten
+// as another: reading it says so.
+TEST_F(TrainerTest, RenamedCheckpointIsRefused) {
+  TempDir runs("xmoe_runs");
+  const TrainResult r = train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));
+  const std::string renamed = checkpoint_path(runs.file("run/checkpoints"), 9);
+  fs::rename(r.checkpoint, renamed);
+  EXPECT_TRUE(Contains(xmoe_test::error_message<FileFormatError>([&] { read_checkpoint(renamed); }),
+                       renamed + ": the file name says step 9, its metadata says step 2"));
+  EXPECT_THROW(train(config({"train.steps=12", "train.warmup_steps=1"}), runs.file("run"), true),
+               FileFormatError);
+}
+
 TEST_F(TrainerTest, InterruptedCheckpointWriteLeavesThePreviousOneLoadable) {
   TempDir runs("xmoe_runs");
   const TrainResult r = train(config({"train.steps=2", "train.warmup_steps=1"}), runs.file("run"));

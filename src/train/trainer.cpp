@@ -143,8 +143,14 @@ class Trainer {
   TrainResult run();
 
  private:
+  /// The tokenizer the run trains with: data.tokenizer for a fresh run; on resume the run's own
+  /// copy, the one its checkpoints were trained with, even when data.tokenizer has changed since.
+  std::string tokenizer_path(bool resume) const;
+  /// Writes config.json, the tokenizer copy and a fresh or trimmed metrics.jsonl. Runs after
+  /// every check on the inputs passed, so a refused start or resume leaves the run as it was.
   void prepare_run_dir(const Checkpoint* resume_from);
-  void build();
+  void build(const std::string& tokenizer);
+  void load_probe(bool resume, const std::string& probe_path);
   void restore(const Checkpoint& checkpoint);
   void train_step(Accumulated& acc);
   void log_train(Accumulated& acc);
@@ -158,6 +164,7 @@ class Trainer {
   PretrainConfig config_;
   TrainerOptions options_;
   std::string checkpoint_dir_;
+  std::string tokenizer_path_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<MlmDataset> train_data_, valid_data_;
   ProbeTokens probe_;
@@ -170,27 +177,48 @@ class Trainer {
   // The probe routing at the previous validation, for the routing-fluctuation ratio.
   std::vector<at::Tensor> previous_experts_;
   int64_t previous_valid_step_ = -1;
+  bool probe_reselected_ = false;  // a resumed run whose probe_tokens.safetensors was missing
   Clock::time_point start_ = Clock::now();
 };
 
+bool same_contents(const std::string& a, const std::string& b) {
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  if (!fa || !fb) return false;
+  return std::equal(std::istreambuf_iterator<char>(fa), std::istreambuf_iterator<char>(),
+                    std::istreambuf_iterator<char>(fb), std::istreambuf_iterator<char>());
+}
+
+std::string Trainer::tokenizer_path(bool resume) const {
+  const std::string copy = (fs::path(options_.run_dir) / "tokenizer.model").string();
+  std::error_code ec;
+  if (!resume || !fs::is_regular_file(copy, ec)) return config_.data.tokenizer;
+  if (options_.progress && fs::exists(config_.data.tokenizer, ec) &&
+      !same_contents(copy, config_.data.tokenizer))
+    std::cerr << "xmoe pretrain: " << config_.data.tokenizer << " has changed since the run "
+              << "started; resuming with the run's own copy, " << copy << "\n";
+  return copy;
+}
+
 void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
   const std::string& dir = options_.run_dir;
-  checkpoint_dir_ = (fs::path(dir) / "checkpoints").string();
-  if (resume_from == nullptr && !list_checkpoints(checkpoint_dir_).empty())
-    throw std::runtime_error(dir + " already holds a run with checkpoints: pass --resume to "
-                             "continue it, or choose another output directory");
   fs::create_directories(checkpoint_dir_);
   write_file_atomically((fs::path(dir) / "config.json").string(),
                         [&](std::ostream& out) { out << config_.to_json() << '\n'; });
   const fs::path tokenizer_copy = fs::path(dir) / "tokenizer.model";
-  if (fs::weakly_canonical(config_.data.tokenizer) != fs::weakly_canonical(tokenizer_copy))
-    fs::copy_file(config_.data.tokenizer, tokenizer_copy, fs::copy_options::overwrite_existing);
+  if (fs::weakly_canonical(tokenizer_path_) != fs::weakly_canonical(tokenizer_copy)) {
+    write_file_atomically(tokenizer_copy.string(), [&](std::ostream& out) {
+      std::ifstream in(tokenizer_path_, std::ios::binary);
+      if (!in) throw std::runtime_error("cannot read " + tokenizer_path_);
+      out << in.rdbuf();
+    });
+  }
   metrics_ = std::make_unique<MetricsLog>((fs::path(dir) / "metrics.jsonl").string(),
                                           resume_from ? resume_from->step : -1);
 }
 
-void Trainer::build() {
-  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(config_.data.tokenizer));
+void Trainer::build(const std::string& tokenizer) {
+  tokenizer_path_ = tokenizer;
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   train_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "train"));
   // "All languages" becomes the explicit list, so the saved config names the languages that
   // probe and metrics indices refer to, and validation uses the same list in the same order.
@@ -219,12 +247,44 @@ void Trainer::restore(const Checkpoint& c) {
     throw FileFormatError(c.path + ": the training data changed since this checkpoint: " + e.what());
   }
   step_ = c.step;
-  tokens_seen_ = require_tensor(c.tensors, "train.tokens", c.path).item<int64_t>();
-  previous_valid_step_ = require_tensor(c.tensors, "probe.step", c.path).item<int64_t>();
+  tokens_seen_ = require_int64_scalar(c.tensors, "train.tokens", c.path);
+  previous_valid_step_ = require_int64_scalar(c.tensors, "probe.step", c.path);
   previous_experts_.clear();
-  for (size_t i = 0; previous_valid_step_ >= 0 && i < model_->layers().size(); ++i)
-    if (model_->layers()[i]->is_moe())
-      previous_experts_.push_back(require_tensor(c.tensors, "probe.expert." + std::to_string(i), c.path));
+  if (probe_reselected_) previous_valid_step_ = -1;  // its routing was of other tokens
+  const int64_t n_probe = probe_.mask.defined() ? probe_.mask.sum().item<int64_t>() : 0;
+  for (size_t i = 0; previous_valid_step_ >= 0 && i < model_->layers().size(); ++i) {
+    if (!model_->layers()[i]->is_moe()) continue;
+    const std::string name = "probe.expert." + std::to_string(i);
+    const at::Tensor& e = require_tensor(c.tensors, name, c.path);
+    const int64_t n_experts = model_->layers()[i]->moe()->options().n_expert();
+    if (e.dim() != 1 || e.size(0) != n_probe || e.scalar_type() != at::kLong ||
+        (n_probe > 0 && (e.min().item<int64_t>() < 0 || e.max().item<int64_t>() >= n_experts)))
+      throw FileFormatError(c.path + ": tensor '" + name + "' must be [" + std::to_string(n_probe) +
+                            "] int64 expert ids in 0.." + std::to_string(n_experts - 1) +
+                            " (one per probe token), got " + c10::str(e.scalar_type()) +
+                            c10::str(e.sizes()));
+    previous_experts_.push_back(e);
+  }
+}
+
+void Trainer::load_probe(bool resume, const std::string& probe_path) {
+  probe_reselected_ = false;
+  if (resume && fs::exists(probe_path)) {
+    probe_ = load_probe_tokens(probe_path);
+    const int64_t vocab = tokenizer_->vocab_size();
+    if (probe_.input_ids.numel() > 0 &&
+        (probe_.input_ids.min().item<int64_t>() < 0 || probe_.input_ids.max().item<int64_t>() >= vocab ||
+         probe_.input_ids.size(1) > config_.data.max_len ||
+         probe_.language.min().item<int64_t>() < 0 ||
+         probe_.language.max().item<int64_t>() >= train_data_->n_languages()))
+      throw FileFormatError(probe_path + ": the probe tokens do not fit this run (token ids in 0.." +
+                            std::to_string(vocab - 1) + ", at most data.max_len = " +
+                            std::to_string(config_.data.max_len) + " per row, languages in 0.." +
+                            std::to_string(train_data_->n_languages() - 1) + ")");
+    return;
+  }
+  probe_ = select_probe_tokens(*valid_data_, config_.eval.probe_tokens);
+  probe_reselected_ = resume;
 }
 
 std::string Trainer::save_checkpoint() {
@@ -405,15 +465,19 @@ double Trainer::validate() {
 }
 
 TrainResult Trainer::run() {
+  checkpoint_dir_ = (fs::path(options_.run_dir) / "checkpoints").string();
   std::unique_ptr<Checkpoint> resume_from;
   if (options_.resume) {
-    const auto all = list_checkpoints((fs::path(options_.run_dir) / "checkpoints").string());
+    const auto all = list_checkpoints(checkpoint_dir_);
     if (all.empty())
       throw std::runtime_error(options_.run_dir + ": --resume: no checkpoint to resume from in " +
-                               (fs::path(options_.run_dir) / "checkpoints").string());
+                               checkpoint_dir_);
     resume_from = std::make_unique<Checkpoint>(read_checkpoint(all.back().second));
+  } else if (!list_checkpoints(checkpoint_dir_).empty()) {
+    throw std::runtime_error(options_.run_dir + " already holds a run with checkpoints: pass "
+                             "--resume to continue it, or choose another output directory");
   }
-  build();
+  build(tokenizer_path(options_.resume));
   if (resume_from) {
     const auto saved = resume_from->metadata.find("config");
     if (saved == resume_from->metadata.end())
@@ -448,15 +512,12 @@ TrainResult Trainer::run() {
                   << " (the checkpoint's run had " << before.value(key, json()) << ")\n";
     }
   }
-  prepare_run_dir(resume_from.get());
   const std::string probe_path = (fs::path(options_.run_dir) / "probe_tokens.safetensors").string();
-  if (resume_from && fs::exists(probe_path)) {
-    probe_ = load_probe_tokens(probe_path);
-  } else {
-    probe_ = select_probe_tokens(*valid_data_, config_.eval.probe_tokens);
-    save_probe_tokens(probe_path, probe_);
-  }
+  load_probe(resume_from != nullptr, probe_path);
   if (resume_from) restore(*resume_from);
+  // Everything is checked: only now does the run directory change.
+  prepare_run_dir(resume_from.get());
+  if (!resume_from || probe_reselected_) save_probe_tokens(probe_path, probe_);
   model_->train();
 
   TrainResult result;

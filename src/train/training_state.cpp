@@ -30,7 +30,14 @@ void copy_checked(at::Tensor& target, const TensorMap& tensors, const std::strin
   if (!it->second.is_floating_point() && target.is_floating_point())
     fail_training_state(path, "tensor '" + name + "' has dtype " + c10::str(it->second.scalar_type()) +
                                   ", expected a floating-point tensor");
+  // A weight or moment that is NaN or inf would only show later as a "diverged" step that
+  // blames the learning rate; the file is what is wrong.
+  if (it->second.is_floating_point() && !at::isfinite(it->second).all().item<bool>())
+    fail_training_state(path, "tensor '" + name + "' holds non-finite values (NaN or inf)");
   target.copy_(it->second);
+  if (target.is_floating_point() && !at::isfinite(target).all().item<bool>())
+    fail_training_state(path, "tensor '" + name + "' does not fit in " +
+                                  c10::str(target.scalar_type()) + " (values overflow to inf)");
 }
 
 }  // namespace
@@ -95,14 +102,19 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const torch::nn::Module& m
     at::Tensor exp_avg = at::zeros_like(item.value()), exp_avg_sq = at::zeros_like(item.value());
     copy_checked(exp_avg, tensors, base + ".exp_avg", path);
     copy_checked(exp_avg_sq, tensors, base + ".exp_avg_sq", path);
-    const at::Tensor& step = tensors.at(base + ".step");
-    if (step.numel() != 1 || step.scalar_type() != at::kLong)
-      fail_training_state(path, "tensor '" + base + ".step' must be one int64");
-    state->step(step.item<int64_t>());
+    state->step(require_int64_scalar(tensors, base + ".step", path));
     state->exp_avg(exp_avg);
     state->exp_avg_sq(exp_avg_sq);
     optimizer.state()[optimizer_state_key<Map>(item.value())] = std::move(state);
   }
+}
+
+int64_t require_int64_scalar(const TensorMap& tensors, const std::string& name,
+                             const std::string& path) {
+  const at::Tensor& value = require_tensor(tensors, name, path);
+  if (value.numel() != 1 || value.scalar_type() != at::kLong)
+    fail_training_state(path, "tensor '" + name + "' must be one int64");
+  return value.item<int64_t>();
 }
 
 at::Tensor generator_state(const at::Generator& generator) {
