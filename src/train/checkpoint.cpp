@@ -1,8 +1,10 @@
 #include "xmoe/train/checkpoint.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <regex>
 #include <stdexcept>
 
@@ -16,16 +18,37 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return (fs::path(dir) / name).string();
 }
 
-std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& dir) {
+namespace {
+const std::regex& checkpoint_name_pattern() {
   static const std::regex pattern(R"(step-(\d+)\.safetensors)");
+  return pattern;
+}
+
+// The whole of `text` as a non-negative step number.
+std::optional<int64_t> parse_step(const std::string& text) {
+  int64_t value = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || ptr != end || value < 0) return std::nullopt;
+  return value;
+}
+
+// The step of a file named step-N.safetensors; nullopt for any other name.
+std::optional<int64_t> step_of_file_name(const std::string& path) {
+  std::smatch m;
+  const std::string name = fs::path(path).filename().string();
+  if (!std::regex_match(name, m, checkpoint_name_pattern())) return std::nullopt;
+  return parse_step(m[1].str());
+}
+}  // namespace
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return found;
   for (const auto& entry : fs::directory_iterator(dir)) {
-    std::smatch m;
-    const std::string name = entry.path().filename().string();
-    if (entry.is_regular_file() && std::regex_match(name, m, pattern))
-      found.emplace_back(std::stoll(m[1].str()), entry.path().string());
+    const std::optional<int64_t> step = step_of_file_name(entry.path().string());
+    if (step && entry.is_regular_file()) found.emplace_back(*step, entry.path().string());
   }
   std::sort(found.begin(), found.end());
   return found;
@@ -55,12 +78,18 @@ Checkpoint read_checkpoint(const std::string& path) {
     throw FileFormatError(path + ": not an xmoe checkpoint (metadata 'format' is not '" +
                           std::string(kCheckpointFormat) + "')");
   const auto step = c.metadata.find("step");
-  try {
-    if (step == c.metadata.end()) throw std::invalid_argument("missing");
-    c.step = std::stoll(step->second);
-  } catch (const std::exception&) {
-    throw FileFormatError(path + ": checkpoint metadata 'step' is missing or not a number");
-  }
+  const std::optional<int64_t> parsed =
+      step == c.metadata.end() ? std::nullopt : parse_step(step->second);
+  if (!parsed)
+    throw FileFormatError(path + ": checkpoint metadata 'step' is missing or not a step number");
+  c.step = *parsed;
+  // Resume, eval and analysis order checkpoints by the step in the file name; a renamed file
+  // would resume at one step and be overwritten as another.
+  const std::optional<int64_t> named = step_of_file_name(path);
+  if (named && *named != c.step)
+    throw FileFormatError(path + ": the file name says step " + std::to_string(*named) +
+                          ", its metadata says step " + std::to_string(c.step) +
+                          " (a renamed checkpoint: give it its own step's name)");
   return c;
 }
 
