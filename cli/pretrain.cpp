@@ -2,7 +2,8 @@
 // (docs/pretraining.md; the run directory: docs/run-directory.md).
 //   xmoe pretrain --config FILE [--set key=value ...] [--out DIR] [--resume] [--quiet]
 //   xmoe pretrain --resume --out DIR          (config from DIR/config.json)
-// Ctrl-C finishes the current step, writes a checkpoint and exits with status 130.
+// Ctrl-C finishes the current step, writes a checkpoint and exits with status 130; a second
+// Ctrl-C (a second or more later) exits at once, without one.
 #include "commands.h"
 
 #include "xmoe/train/trainer.h"
@@ -11,11 +12,15 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdint>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace xmoe::cli {
 
@@ -28,11 +33,28 @@ struct PretrainArgs {
 };
 
 std::atomic<bool> g_stop{false};
+std::atomic<int64_t> g_first_signal_ms{-1};
 
+int64_t monotonic_ms() {  // clock_gettime is async-signal-safe
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+}
+
+// The first SIGINT/SIGTERM asks for a checkpoint and a clean exit. A second one more than a
+// second later ends the process at once; one sooner is the same request delivered twice
+// (`timeout -s INT` signals the child and then its whole process group) and is ignored.
 extern "C" void on_interrupt(int) {
-  g_stop.store(true);
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
-  std::signal(SIGTERM, SIG_DFL);
+  const int64_t now = monotonic_ms();
+  int64_t first = -1;
+  if (g_first_signal_ms.compare_exchange_strong(first, now)) {
+    g_stop.store(true);
+    return;
+  }
+  if (now - first < 1000) return;
+  static const char kMessage[] = "\nxmoe pretrain: interrupted again; exiting without a checkpoint\n";
+  (void)!::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  ::_exit(130);
 }
 
 int run_pretrain(const PretrainArgs& a) {
@@ -54,6 +76,7 @@ int run_pretrain(const PretrainArgs& a) {
     std::cout << "resolved config: " << nlohmann::json::parse(config.to_json()).dump() << std::endl;
 
   g_stop.store(false);
+  g_first_signal_ms.store(-1);
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
   const TrainResult r = pretrain(config, options);
