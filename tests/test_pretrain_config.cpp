@@ -103,6 +103,10 @@ TEST(PretrainConfig, EveryErrorNamesTheSourceAndTheKey) {
   EXPECT_TRUE(Contains(error_of(kMinimal, {"train..lr=1"}), "malformed key"));
   EXPECT_TRUE(Contains(error_of(R"({"train": {"steps": 1, "steps": 2}})"), "key 'steps' appears more than once"));
   EXPECT_TRUE(Contains(error_of("{\"train\": "), "cfg.json: not valid JSON"));
+  EXPECT_TRUE(Contains(error_of(R"({"train": {"lr": 1e999}})"), "cfg.json: "));
+  EXPECT_TRUE(Contains(error_of(R"({"train": {"lr": 1e999}})"), "number overflow parsing '1e999'"));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"train.steps=9223372036854775808"}),
+                       "train.steps: is too large: 9223372036854775808"));
   EXPECT_TRUE(Contains(error_of(R"({"model": {"d_model": 8}})"), "data.corpus: is required"));
 }
 
@@ -112,6 +116,13 @@ TEST(PretrainConfig, MissingFileIsNamed) {
     ADD_FAILURE() << "no error";
   } catch (const FileFormatError& e) {
     EXPECT_TRUE(Contains(e.what(), "/nonexistent/cfg.json: cannot open"));
+  }
+  // Not files: a directory would read as nothing, /dev/zero without end.
+  for (const char* path : {"/tmp", "/dev/zero"}) {
+    SCOPED_TRACE(path);
+    EXPECT_TRUE(Contains(xmoe_test::error_message<FileFormatError>(
+                             [&] { xmoe::load_pretrain_config(path); }),
+                         std::string(path) + ": cannot read pre-training config: not a regular file"));
   }
 }
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <vector>
@@ -25,6 +26,8 @@ std::string type_name(const json& v) { return v.type_name(); }
 int64_t get_int(const json& v, const std::string& key, const std::string& source) {
   if (!v.is_number_integer())
     config_error(source, "key '" + key + "' must be an integer, got " + type_name(v) + " " + v.dump());
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})
+    config_error(source, "key '" + key + "' is too large: " + v.dump());
   return v.get<int64_t>();
 }
 

@@ -2,6 +2,7 @@
 
 #include "xmoe/io/safetensors.h"  // FileFormatError
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -27,6 +28,8 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& sou
     root = json::parse(text, track_keys);
   } catch (const json::parse_error& e) {
     throw FileFormatError(source + ": not valid JSON: " + e.what());
+  } catch (const json::exception& e) {  // e.g. out_of_range 406: a number like 1e999
+    throw FileFormatError(source + ": " + e.what());
   }
   if (!duplicate.empty())
     throw FileFormatError(source + ": key '" + duplicate + "' appears more than once");
@@ -36,6 +39,19 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& sou
 }
 
 std::string read_text_file(const std::string& path, const std::string& what) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (status.type() == fs::file_type::not_found)
+    throw FileFormatError(path + ": cannot open " + what + ": no such file");
+  // A directory, device or FIFO would read as garbage, without end (/dev/zero) or never return.
+  if (!fs::is_regular_file(status))
+    throw FileFormatError(path + ": cannot read " + what + ": not a regular file");
+  constexpr std::uintmax_t kMaxBytes = 16u << 20;
+  const std::uintmax_t size = fs::file_size(path, ec);
+  if (!ec && size > kMaxBytes)
+    throw FileFormatError(path + ": " + what + " is " + std::to_string(size) +
+                          " bytes; a config file is at most 16 MiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FileFormatError(path + ": cannot open " + what);
   std::ostringstream text;

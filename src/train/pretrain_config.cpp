@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <set>
@@ -34,6 +35,8 @@ std::string describe(const json& v) { return std::string(v.type_name()) + " " + 
 // Typed reads: the JSON type must match the field's.
 void read_value(const json& v, const std::string& key, int64_t* out) {
   if (!v.is_number_integer()) key_error(key, "must be an integer, got " + describe(v));
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})
+    key_error(key, "is too large: " + v.dump());
   *out = v.get<int64_t>();
 }
 void read_value(const json& v, const std::string& key, uint64_t* out) {

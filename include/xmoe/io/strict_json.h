@@ -13,7 +13,8 @@ namespace xmoe {
 /// appears twice in one object (naming it), or a top level that is not an object.
 nlohmann::json parse_json_object(const std::string& text, const std::string& source);
 
-/// Reads a whole file; throws xmoe::FileFormatError "<path>: cannot open <what>".
+/// Reads a whole config file; throws xmoe::FileFormatError naming `path` when it is missing,
+/// not a regular file (a directory, device or FIFO), larger than 16 MiB or unreadable.
 std::string read_text_file(const std::string& path, const std::string& what);
 
 }  // namespace xmoe
