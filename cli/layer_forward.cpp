@@ -1,6 +1,7 @@
 // xmoe layer-forward: runs one layer from files (SPEC §8) so any implementation can be compared
 // with ours: forward, and backward of sum(output · grad_output) when a grad-output is given.
 #include "commands.h"
+#include "output_path.h"
 
 #include "xmoe/io/layer_config.h"
 #include "xmoe/io/safetensors.h"
@@ -48,6 +49,16 @@ void check_tensor(const at::Tensor& t, const std::string& name, const std::strin
   }
 }
 
+// `t` in the layer's dtype. Finite F64 values beyond the F32 range would become inf.
+at::Tensor converted(const at::Tensor& t, at::ScalarType dtype, const std::string& name,
+                     const std::string& path) {
+  at::Tensor out = t.to(dtype);
+  if (!at::isfinite(out).all().item<bool>())
+    throw FileFormatError(path + ": tensor '" + name + "' has values beyond the range of " +
+                          std::string(c10::toString(dtype)) + ", the input's dtype");
+  return out;
+}
+
 void reject_unknown(const TensorMap& tensors, const std::set<std::string>& known,
                     const std::string& path) {
   for (const auto& item : tensors) {
@@ -60,6 +71,10 @@ void reject_unknown(const TensorMap& tensors, const std::set<std::string>& known
 }
 
 void run_layer_forward(const LayerForwardArgs& args) {
+  refuse_output_over_input(args.out, {{"--config", args.config},
+                                      {"--weights", args.weights},
+                                      {"--input", args.input},
+                                      {"--grad-output", args.grad_output}});
   MoELayerOptions options = load_layer_config(args.config);
   const TensorMap inputs = load_safetensors(args.input);
   reject_unknown(inputs, {"input", "noise"}, args.input);
@@ -75,7 +90,7 @@ void run_layer_forward(const LayerForwardArgs& args) {
   if (inputs.count("noise")) {
     noise = inputs.at("noise");
     check_tensor(noise, "noise", args.input, {n_tokens, options.n_expert()}, true);
-    noise = noise.to(dtype);
+    noise = converted(noise, dtype, "noise", args.input);
   }
 
   // The layer runs in the input's dtype; weights are converted to it.
@@ -89,7 +104,7 @@ void run_layer_forward(const LayerForwardArgs& args) {
       names.insert(item.key());
       const at::Tensor& w = require_tensor(weights, item.key(), args.weights);
       check_tensor(w, item.key(), args.weights, item.value().sizes(), true);
-      item.value().copy_(w);
+      item.value().copy_(converted(w, dtype, item.key(), args.weights));
     }
   }
   reject_unknown(weights, names, args.weights);
@@ -101,7 +116,7 @@ void run_layer_forward(const LayerForwardArgs& args) {
     reject_unknown(g, {"grad_output"}, args.grad_output);
     grad_output = require_tensor(g, "grad_output", args.grad_output);
     check_tensor(grad_output, "grad_output", args.grad_output, {n_tokens, options.d_model()}, true);
-    grad_output = grad_output.to(dtype);
+    grad_output = converted(grad_output, dtype, "grad_output", args.grad_output);
     input.set_requires_grad(true);
   }
 

@@ -1,5 +1,6 @@
 // xmoe layer-init: fresh weights for a layer.json, written as safetensors (SPEC §8 names).
 #include "commands.h"
+#include "output_path.h"
 
 #include "xmoe/io/layer_config.h"
 #include "xmoe/io/safetensors.h"
@@ -24,6 +25,7 @@ void register_layer_init(CLI::App& app) {
   cmd->add_option("--out", args->out, "Output safetensors file")->required();
   cmd->add_option("--seed", args->seed, "Initialisation seed")->capture_default_str();
   cmd->callback([args] {
+    refuse_output_over_input(args->out, {{"--config", args->config}});
     MoELayerOptions options = load_layer_config(args->config);
     options.seed(args->seed);
     MoELayer layer(options);

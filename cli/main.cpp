@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   // LibTorch starts with one intra-op thread; use every core unless told otherwise.
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--threads", threads, "Intra-op threads (default: the number of cores)")
-      ->check(xmoe::cli::kPositive);
+      ->check(xmoe::cli::int_in(1, xmoe::cli::kMaxThreads));
   app.parse_complete_callback([&] { at::set_num_threads(threads); });
   // Subcommands inherit this: an option a subcommand does not know falls through to its parents,
   // so `xmoe bench layer --threads 2` works as well as `xmoe --threads 2 bench layer`.

@@ -35,4 +35,8 @@ inline CLI::Validator int_in(long long lo, long long hi) {
   return number_in(static_cast<double>(lo), static_cast<double>(hi), "in " + bounds, bounds);
 }
 
+// Upper bounds that keep a typo from hanging the process or filling memory.
+inline constexpr long long kMaxThreads = 256;
+inline constexpr long long kMaxBenchIterations = 100000;
+
 }  // namespace xmoe::cli

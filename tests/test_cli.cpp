@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cmath>
@@ -625,6 +626,28 @@ TEST(CliLayerForward, BadInputsFailCleanlyNamingFileAndTensor) {
                                            {{"input", normal({kTokens, kModel + 1}, 3, at::kFloat)}});
     batch.add("input with the wrong d_model", config, good_weights, path, {path, "'input'"});
   }
+  {
+    const std::string path = dir.file("overflow.json");
+    json j = layer_json("dot", 1);
+    j["balance_coef"] = 0.5;
+    std::string text = j.dump();
+    text.replace(text.find("0.5"), 3, "1e999");
+    xmoe_test::write_file(path, text);
+    batch.add("config number beyond double", path, good_weights, good_input, {path, "number overflow"});
+  }
+  {
+    json j = layer_json("dot", 1);
+    j["top_k"] = uint64_t{1} << 63;  // would wrap to a negative int64
+    const std::string path = write_json(dir, "huge_int.json", j);
+    batch.add("config integer beyond int64", path, good_weights, good_input, {path, "'top_k' is too large"});
+  }
+  {
+    const std::string path = weights_with("f64_overflow.safetensors", [](TensorMap& w) {
+      w["router.weight"] = at::full({kExperts, kModel}, 1e300, at::kDouble);
+    });
+    batch.add("F64 weight beyond the F32 input's range", config, path, good_input,
+              {path, "'router.weight'", "beyond the range of Float"});
+  }
 
   batch.run_and_check();
 }
@@ -638,6 +661,40 @@ TEST(CliLayerForward, NonFiniteInputNamesTheFile) {
   batch.add("input containing NaN", batch.config, batch.good_weights, path,
             {"non-finite", path, "'input'"});
   batch.run_and_check();
+}
+
+// The output is written atomically over its path: it must never replace an input file, a
+// directory or a special file. Through a symbolic link the file it points to is replaced.
+TEST(CliLayerForward, OutputNeverReplacesAnInputOrASpecialFile) {
+  BadInputBatch batch;
+  const TempDir& dir = batch.dir;
+  const std::string weights_before = xmoe_test::read_file(batch.good_weights);
+  fs::create_directory(dir.file("a_directory"));
+  ASSERT_EQ(::mkfifo(dir.file("a_fifo").c_str(), 0600), 0);
+  xmoe_test::write_file(dir.file("target.safetensors"), "old");
+  fs::create_symlink(dir.file("target.safetensors"), dir.file("link.safetensors"));
+  const auto forward_to = [&](const std::string& out) {
+    return "--threads 1 layer-forward --config " + quote(batch.config) + " --weights " +
+           quote(batch.good_weights) + " --input " + quote(batch.good_input) + " --out " + quote(out);
+  };
+  const std::vector<CliResult> r = run_cli_all(
+      dir, {forward_to(batch.good_weights), forward_to(dir.file("a_directory")),
+            forward_to(dir.file("a_fifo")), forward_to(dir.file("link.safetensors")),
+            "layer-init --config " + quote(batch.config) + " --out " + quote(batch.config)});
+  const std::vector<std::string> refused = {"is the --weights file", "a directory is already there",
+                                            "not a regular file is already there"};
+  for (std::size_t i = 0; i < refused.size(); ++i) {
+    EXPECT_TRUE(r[i].exited && r[i].code == 1) << r[i].args << "\n" << r[i].err;
+    EXPECT_TRUE(Contains(r[i].err, refused[i]));
+  }
+  EXPECT_EQ(xmoe_test::read_file(batch.good_weights), weights_before);
+  EXPECT_TRUE(fs::is_directory(dir.file("a_directory")));
+  EXPECT_TRUE(fs::is_fifo(dir.file("a_fifo")));
+  ASSERT_TRUE(Succeeded(r[3]));
+  EXPECT_TRUE(fs::is_symlink(dir.file("link.safetensors")));
+  EXPECT_EQ(xmoe::load_safetensors(dir.file("target.safetensors")).count("output"), 1u);
+  EXPECT_TRUE(Contains(r[4].err, "is the --config file"));
+  EXPECT_TRUE(Contains(xmoe_test::read_file(batch.config), "d_model"));
 }
 
 // ---- help and demo ------------------------------------------------------------------------
@@ -694,7 +751,7 @@ TEST(CliHelpAndDemo, ThreadsAfterTheSubcommandTakeEffect) {
   EXPECT_TRUE(Contains(r[1].out, "\"threads\":1")) << r[1].out;
   EXPECT_TRUE(Contains(r[2].out, "\"threads\":3")) << r[2].out;
   EXPECT_NE(r[3].code, 0);
-  EXPECT_TRUE(Contains(r[3].err, "--threads: must be > 0 (got 0)")) << r[3].err;
+  EXPECT_TRUE(Contains(r[3].err, "--threads: must be in [1, 256] (got 0)")) << r[3].err;
   EXPECT_NE(r[4].code, 0);  // a misspelt option still fails, after falling through every parent
   EXPECT_TRUE(Contains(r[4].err, "--thread")) << r[4].err;
 }
@@ -702,13 +759,21 @@ TEST(CliHelpAndDemo, ThreadsAfterTheSubcommandTakeEffect) {
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.
 TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
   TempDir dir("xmoe_cli_numbers");
-  const std::vector<std::string> args = {"bench layer --tokens 0", "--threads 0 demo",
-                                         "demo --experts 1", "bench layer --warmup -1",
-                                         "bench layer --d-model abc", "corpus build --jobs 2000"};
+  // Upper bounds too: a typo must not hang the process or overflow a loop counter.
+  const std::vector<std::string> args = {
+      "bench layer --tokens 0",          "--threads 0 demo",
+      "demo --experts 1",                "bench layer --warmup -1",
+      "bench layer --d-model abc",       "corpus build --jobs 2000",
+      "--threads 100000 demo",           "bench layer --warmup 2147483647 --iters 2",
+      "bench layer --iters 2147483647",  "bench train --config x.json --steps 1000000"};
   const std::vector<std::string> expected = {
-      "--tokens: must be > 0 (got 0)", "--threads: must be > 0 (got 0)",
-      "--experts: must be in [2, 4096] (got 1)", "--warmup: must be >= 0 (got -1)",
-      "--d-model: 'abc' is not a number", "--jobs: must be in [1, 1024] (got 2000)"};
+      "--tokens: must be > 0 (got 0)",          "--threads: must be in [1, 256] (got 0)",
+      "--experts: must be in [2, 4096] (got 1)", "--warmup: must be in [0, 100000] (got -1)",
+      "--d-model: 'abc' is not a number",       "--jobs: must be in [1, 1024] (got 2000)",
+      "--threads: must be in [1, 256] (got 100000)",
+      "--warmup: must be in [0, 100000] (got 2147483647)",
+      "--iters: must be in [1, 100000] (got 2147483647)",
+      "--steps: must be in [1, 10000] (got 1000000)"};
   const std::vector<CliResult> r = run_cli_all(dir, args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     ASSERT_TRUE(r[i].exited) << r[i].args;

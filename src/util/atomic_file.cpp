@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
@@ -63,12 +64,32 @@ void write_temporary(const std::string& path, const std::string& tmp,
 
 }  // namespace
 
+// Where the new file goes: `path`, or the file a symbolic link at `path` points to (the link
+// stays). Anything else already there — a directory, a device, a FIFO — is refused: the rename
+// would replace it (`--out /dev/full` once replaced the device node).
+std::string replacement_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target = path;
+  if (fs::is_symlink(fs::symlink_status(path, ec))) {  // ec: also set when nothing is there
+    target = fs::weakly_canonical(path, ec);
+    if (ec) throw std::runtime_error(path + ": cannot resolve the symbolic link: " + ec.message());
+  }
+  const fs::file_status status = fs::status(target, ec);
+  if (fs::exists(status) && !fs::is_regular_file(status)) {
+    const char* kind = fs::is_directory(status) ? "a directory" : "not a regular file";
+    throw std::runtime_error(path + ": " + kind + " is already there; refusing to replace it");
+  }
+  return target.string();
+}
+
 void write_file_atomically(const std::string& path,
                            const std::function<void(std::ostream&)>& write) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string target = replacement_target(path);
+  const std::string tmp = target + ".tmp." + std::to_string(::getpid());
   try {
     write_temporary(path, tmp, write);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
       throw_errno(path, "cannot rename temporary file '" + tmp + "' over it", errno);
     }
   } catch (...) {
@@ -78,7 +99,7 @@ void write_file_atomically(const std::string& path,
 
   // Without this the rename itself may be lost on a crash. The new contents are already in
   // place, so a failure here only means durability is not guaranteed.
-  const std::string dir = parent_directory(path);
+  const std::string dir = parent_directory(target);
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw_errno(path, "file replaced, but cannot open directory '" + dir + "' for fsync", errno);
   // Some filesystems cannot fsync a directory (EINVAL); there is nothing more to do there.

@@ -8,9 +8,10 @@
 
 namespace xmoe {
 
-/// Calls `write(stream)` on a temporary file and atomically renames it to `path`.
-/// On any failure (including an exception from `write`) the temporary is removed, `path` is
-/// untouched, and std::runtime_error naming `path` is thrown.
+/// Calls `write(stream)` on a temporary file and atomically renames it to `path` (or, when
+/// `path` is a symbolic link, to the file it points to). A directory, device or other
+/// non-regular file at `path` is refused. On any failure (including an exception from `write`)
+/// the temporary is removed, `path` is untouched, and std::runtime_error naming `path` is thrown.
 void write_file_atomically(const std::string& path,
                            const std::function<void(std::ostream&)>& write);
 
