@@ -7,6 +7,7 @@
 #include "xmoe/kernels/gelu.h"
 #include "xmoe/kernels/linear.h"
 #include "xmoe/util/init.h"
+#include "xmoe/util/size_limits.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -29,6 +30,13 @@ void EncoderOptions::validate() const {
   positive("n_heads", n_heads_);
   positive("d_ff", d_ff_);
   positive("max_len", max_len_);
+  const double d = static_cast<double>(d_model_);
+  const double dense_weights =
+      (static_cast<double>(vocab_size_) + static_cast<double>(max_len_)) * d +
+      static_cast<double>(n_layers_) * (4.0 * d * d + 2.0 * d * static_cast<double>(d_ff_));
+  if (dense_weights > kMaxParameters)
+    fail(too_many_parameters("(vocab_size + max_len) × d_model + n_layers × (4 × d_model² + "
+                             "2 × d_model × d_ff)", dense_weights));
   if (d_model_ % n_heads_ != 0)
     fail("d_model = " + std::to_string(d_model_) + " must be divisible by n_heads = " +
          std::to_string(n_heads_));

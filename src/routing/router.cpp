@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -62,6 +63,16 @@ namespace {
 }
 
 bool finite_positive(double v) { return std::isfinite(v) && v > 0; }
+std::string number(double v) {  // %g: std::to_string prints 1e-300 as 0.000000
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+// Positive and a normal float32: the value becomes a float32 weight or buffer, where 1e300
+// would be inf and 1e-300 zero.
+bool float32_positive(double v) {
+  return v >= std::numeric_limits<float>::min() && v <= std::numeric_limits<float>::max();
+}
 
 }  // namespace
 
@@ -76,10 +87,11 @@ void RouterOptions::validate() const {
   if (!finite_positive(noise_epsilon_))
     fail("noise_epsilon = " + std::to_string(noise_epsilon_) + " must be > 0");
   if (d_e_.has_value() && *d_e_ < 1) fail("d_e = " + std::to_string(*d_e_) + " must be >= 1");
-  if (!finite_positive(expert_norm_))
-    fail("expert_norm = " + std::to_string(expert_norm_) + " must be > 0");
-  if (!finite_positive(resolved_temperature_init()))
-    fail("temperature_init = " + std::to_string(resolved_temperature_init()) + " must be > 0");
+  if (!float32_positive(expert_norm_))
+    fail("expert_norm = " + number(expert_norm_) + " must be > 0 and fit in float32 (1.2e-38..3.4e38)");
+  if (!float32_positive(resolved_temperature_init()))
+    fail("temperature_init = " + number(resolved_temperature_init()) +
+         " must be > 0 and fit in float32 (1.2e-38..3.4e38)");
   if (!finite_positive(balance_temperature_))
     fail("balance_temperature = " + std::to_string(balance_temperature_) + " must be > 0");
   if (kind_ == "noisy_topk" && second_expert_policy_ != SecondExpertPolicy::kAll)
