@@ -127,6 +127,15 @@ TEST(Encoder, BadOptionsNameTheField) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("MoE options"), std::string::npos) << e.what();
   }
+  for (const EncoderOptions& huge : {EncoderOptions(20, 32, 2, 4, 64).max_len(int64_t{1} << 40),
+                                     EncoderOptions(20, 32, int64_t{1} << 33, 4, 64)}) {
+    try {
+      MoEEncoder model(huge);  // must fail before building 2^33 layers or a 2^40-row table
+      FAIL();
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("limit of 2^34"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // Each sequence repeats one random token; a masked position is predictable only through

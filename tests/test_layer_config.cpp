@@ -226,6 +226,13 @@ TEST(LayerConfig, InvalidValues) {
   expect_config_error(with("noise_epsilon", 0.0), {"noise_epsilon"});
   expect_config_error(with("balance_coef", -1), {"balance_coef"});
   expect_config_error(with("z_loss_coef", -1e-3), {"z_loss_coef"});
+  // Values that become float32 weights must fit in float32: 1e300 would be inf, 1e-300 zero.
+  expect_config_error(with("expert_norm", 1e300), {"expert_norm = 1e+300", "fit in float32"});
+  expect_config_error(with("temperature_init", 1e-300), {"temperature_init = 1e-300", "fit in float32"});
+  // Sizes beyond any machine fail at once, before modules or weights are built.
+  expect_config_error(with("expert_depth", 100000000000LL),
+                      {"n_expert × expert_depth × 2 × d_model × d_ff", "limit of 2^34"});
+  expect_config_error(with("d_ff", 4000000000LL), {"limit of 2^34"});
 }
 
 TEST(LayerConfig, UnknownEnumValuesListAllowedValues) {
