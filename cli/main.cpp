@@ -9,6 +9,7 @@
 
 #include <exception>
 #include <iostream>
+#include <string>
 #include <thread>
 
 int main(int argc, char** argv) {
@@ -40,6 +41,31 @@ int main(int argc, char** argv) {
   xmoe::cli::register_pretrain(app);
   xmoe::cli::register_report(app);
   xmoe::cli::register_tokenizer(app);
+
+  // CLI11 answers an unknown command word with "A subcommand is required"; name it instead.
+  const CLI::App* level = &app;
+  std::string path = "xmoe";
+  for (int i = 1; i < argc && level->get_require_subcommand_min() > 0; ++i) {
+    const std::string word = argv[i];
+    if (word == "--threads") {
+      ++i;  // its value
+      continue;
+    }
+    if (word.rfind("-", 0) == 0) continue;
+    std::string known;
+    const CLI::App* next = nullptr;
+    for (const CLI::App* sub : level->get_subcommands({})) {
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+      if (sub->check_name(word)) next = sub;
+    }
+    if (next == nullptr) {
+      std::cerr << path << ": unknown command '" << word << "' (known: " << known << "; "
+                << path << " --help describes them)\n";
+      return 109;  // CLI11's exit code for an unexpected argument
+    }
+    level = next;
+    path += " " + word;
+  }
 
   try {
     app.parse(argc, argv);

@@ -754,6 +754,10 @@ TEST(CliHelpAndDemo, ThreadsAfterTheSubcommandTakeEffect) {
   EXPECT_TRUE(Contains(r[3].err, "--threads: must be in [1, 256] (got 0)")) << r[3].err;
   EXPECT_NE(r[4].code, 0);  // a misspelt option still fails, after falling through every parent
   EXPECT_TRUE(Contains(r[4].err, "--thread")) << r[4].err;
+  const std::vector<CliResult> unknown = run_cli_all(dir, {"--threads 1 bogus", "bench bogus"});
+  for (const CliResult& u : unknown) EXPECT_TRUE(u.exited && u.code != 0) << u.args;
+  EXPECT_TRUE(Contains(unknown[0].err, "xmoe: unknown command 'bogus' (known: analyze, bench"));
+  EXPECT_TRUE(Contains(unknown[1].err, "xmoe bench: unknown command 'bogus' (known: train, layer"));
 }
 
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.

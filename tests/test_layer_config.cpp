@@ -110,6 +110,7 @@ json all_keys_config() {
           {"normalize_topk", false},
           {"second_expert_policy", "sampling"},
           {"capacity_factor", 1.25},
+          {"eval_capacity_factor", 2.0},
           {"activation", "relu"},
           {"expert_depth", 3},
           {"d_e", 5},
@@ -137,6 +138,8 @@ TEST(LayerConfig, EveryKeySet) {
   EXPECT_FALSE(o.normalize_topk());
   EXPECT_EQ(o.second_expert_policy(), SecondExpertPolicy::kSampling);
   EXPECT_DOUBLE_EQ(o.capacity_factor(), 1.25);
+  ASSERT_TRUE(o.eval_capacity_factor().has_value());
+  EXPECT_DOUBLE_EQ(*o.eval_capacity_factor(), 2.0);
   EXPECT_EQ(o.activation(), Activation::kRelu);
   EXPECT_EQ(o.expert_depth(), 3);
   ASSERT_TRUE(o.d_e().has_value());
@@ -215,6 +218,9 @@ TEST(LayerConfig, InvalidValues) {
   expect_config_error(with("top_k", 7), {"top_k", "7"});  // n_expert = 6
   expect_config_error(with("top_k", 0), {"top_k"});
   expect_config_error(with("capacity_factor", -0.5), {"capacity_factor"});
+  expect_config_error(with("eval_capacity_factor", -1), {"eval_capacity_factor"});
+  // Validation errors name the key, not the C++ option class that checks it.
+  expect_config_error(with("top_k", 7), {std::string(kSource) + ": top_k = 7 must be in [1, n_expert = 6]"});
   expect_config_error(with("d_e", 0), {"d_e"});
   expect_config_error(with("d_ff", 0), {"d_ff"});
   expect_config_error(with("d_model", -3), {"d_model"});
@@ -287,6 +293,7 @@ void expect_same_options(const MoELayerOptions& a, const MoELayerOptions& b) {
   EXPECT_EQ(a.normalize_topk(), b.normalize_topk());
   EXPECT_EQ(a.second_expert_policy(), b.second_expert_policy());
   EXPECT_EQ(a.capacity_factor(), b.capacity_factor());
+  EXPECT_EQ(a.eval_capacity_factor(), b.eval_capacity_factor());
   EXPECT_EQ(a.activation(), b.activation());
   EXPECT_EQ(a.expert_depth(), b.expert_depth());
   EXPECT_EQ(a.router_options().resolved_d_e(), b.router_options().resolved_d_e());
@@ -312,6 +319,7 @@ TEST(LayerConfig, ToJsonRoundTrip) {
                           .gate(GateKind::kSigmoid)
                           .normalize_topk(false)
                           .capacity_factor(1.0 / 3.0)
+                          .eval_capacity_factor(2.5)
                           .activation(Activation::kRelu)
                           .expert_depth(2)
                           .d_e(3)
@@ -331,7 +339,8 @@ TEST(LayerConfig, ToJsonRoundTrip) {
   expect_same_options(o, back);
   EXPECT_EQ(xmoe::layer_config_to_json(back), text);
 
-  // Every key is written, defaults resolved.
+  // Every key is written, defaults resolved; eval_capacity_factor only when set (unset, it
+  // follows capacity_factor).
   const json j = json::parse(text);
   const json all = all_keys_config();
   for (const auto& item : all.items()) EXPECT_TRUE(j.contains(item.key())) << item.key();
@@ -341,6 +350,7 @@ TEST(LayerConfig, ToJsonRoundTrip) {
   const MoELayerOptions d = parse_layer_config(base_config().dump(), kSource);
   const json dj = json::parse(xmoe::layer_config_to_json(d));
   EXPECT_EQ(dj.at("d_e").get<int64_t>(), 3);
+  EXPECT_FALSE(dj.contains("eval_capacity_factor"));
   EXPECT_DOUBLE_EQ(dj.at("temperature_init").get<double>(), 0.3);
   expect_same_options(d, parse_layer_config(dj.dump(), "defaults"));
 

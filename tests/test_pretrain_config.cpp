@@ -89,6 +89,9 @@ TEST(PretrainConfig, EveryErrorNamesTheSourceAndTheKey) {
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe=null"}), "moe: is null but model.moe_layers places MoE layers"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"model.moe_layers=[]"}), "model.moe_layers: is empty but a moe section"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.n_expert=0"}), "cfg.json: moe: "));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.top_k=9"}), "cfg.json: moe: top_k = 9 must be in [1, n_expert = 4]"));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"train.steps=ten"}),
+                       "train.steps: must be an integer, got string \"ten\" (from --set train.steps=ten)"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.router=\"nope\""}), "nope"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.colour=1"}), "moe: unknown key 'colour'"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.d_model=16"}), "moe.d_model: must equal model.d_model (32)"));

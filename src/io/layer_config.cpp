@@ -62,6 +62,9 @@ const std::map<std::string, Setter>& optional_keys() {
          o.second_expert_policy(parse_second_expert_policy(get_string(v, "second_expert_policy", s)));
        }},
       {"capacity_factor", [](auto& o, const json& v, auto& s) { o.capacity_factor(get_number(v, "capacity_factor", s)); }},
+      {"eval_capacity_factor", [](auto& o, const json& v, auto& s) {
+         o.eval_capacity_factor(get_number(v, "eval_capacity_factor", s));
+       }},
       {"activation", [](auto& o, const json& v, auto& s) { o.activation(parse_activation(get_string(v, "activation", s))); }},
       {"expert_depth", [](auto& o, const json& v, auto& s) { o.expert_depth(get_int(v, "expert_depth", s)); }},
       {"d_e", [](auto& o, const json& v, auto& s) { o.d_e(get_int(v, "d_e", s)); }},
@@ -113,7 +116,13 @@ MoELayerOptions parse_layer_config(const std::string& json_text, const std::stri
     }
     options.validate();
   } catch (const std::invalid_argument& e) {
-    config_error(source, e.what());
+    // "xmoe::RouterOptions (layer 'moe'): top_k = 9 must be ..." → "top_k = 9 must be ...":
+    // a config file's reader knows keys, not the C++ option classes.
+    std::string message = e.what();
+    const size_t end_of_class = message.find("): ");
+    if (message.rfind("xmoe::", 0) == 0 && end_of_class != std::string::npos)
+      message = message.substr(end_of_class + 3);
+    config_error(source, message);
   }
   return options;
 }
@@ -149,6 +158,7 @@ std::string layer_config_to_json(const MoELayerOptions& o) {
       {"z_loss_coef", o.z_loss_coef()},
       {"noise_epsilon", o.noise_epsilon()},
   };
+  if (o.eval_capacity_factor()) j["eval_capacity_factor"] = *o.eval_capacity_factor();
   return j.dump(2);
 }
 

@@ -300,7 +300,13 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
     config.moe = read_moe(root.value("moe", json(nullptr)), config.model, source);
     check_whole(config);
   } catch (const KeyError& e) {
-    throw FileFormatError(source + ": " + e.key + ": " + e.message);
+    // A value that came from the command line is blamed on it, not on the file.
+    std::string from_set;
+    for (const std::string& assignment : overrides) {
+      const std::string key = assignment.substr(0, assignment.find('='));
+      if (e.key == key || e.key.rfind(key + ".", 0) == 0) from_set = " (from --set " + assignment + ")";
+    }
+    throw FileFormatError(source + ": " + e.key + ": " + e.message + from_set);
   }
   return config;
 }
