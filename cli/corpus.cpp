@@ -51,12 +51,15 @@ void register_corpus(CLI::App& app) {
       "build", "Fetch Debian packages (LibreOffice help, man pages, fortunes) and write "
                "<out>/<split>/<lang>.txt and <out>/manifest.json (runs "
                "scripts/corpus/build_corpus.py; docs/corpus.md)");
-  build->add_option("--out", args->out, "Output folder (default data/corpus)");
-  build->add_option("--cache", args->cache, "Folder of downloaded .deb files (default data/debs)");
+  build->add_option("--out", args->out, "Output folder (default data/corpus)")->check(kNonEmpty);
+  build->add_option("--cache", args->cache, "Folder of downloaded .deb files (default data/debs)")
+      ->check(kNonEmpty);
   build->add_option("--languages", args->languages,
-                    "Comma-separated languages (default all: en,de,fr,es,it,ru,pt,nl,pl,ja,zh,uk,cs)");
+                    "Comma-separated languages (default all: en,de,fr,es,it,ru,pt,nl,pl,ja,zh,uk,cs)")
+      ->check(kNonEmpty);
   build->add_option("--sources", args->sources,
-                    "Comma-separated sources (default all: libreoffice,manpages,fortunes)");
+                    "Comma-separated sources (default all: libreoffice,manpages,fortunes)")
+      ->check(kNonEmpty);
   build->add_option("--max-paragraphs-per-language", args->max_paragraphs,
                     "Keep at most N paragraphs per language (0 = all)")
       ->check(int_in(0, 1000000000));

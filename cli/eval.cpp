@@ -48,9 +48,14 @@ void run_eval(const EvalArgs& a) {
   std::printf("%s (step %lld), split %s\n", saved.checkpoint.c_str(),
               static_cast<long long>(saved.step), a.split.c_str());
   std::printf("%-10s %12s %10s %12s\n", "language", "predicted", "loss", "perplexity");
-  for (const auto& l : e.languages)
+  for (const auto& l : e.languages) {
+    if (l.tokens == 0) {  // no text of this language in the split: nothing to measure
+      std::printf("%-10s %12d %10s %12s\n", l.language.c_str(), 0, "-", "-");
+      continue;
+    }
     std::printf("%-10s %12lld %10.4f %12.2f\n", l.language.c_str(), static_cast<long long>(l.tokens),
                 l.loss, std::exp(l.loss));
+  }
   std::printf("%-10s %12lld %10.4f %12.2f\n", "all", static_cast<long long>(e.tokens), e.loss,
               std::exp(e.loss));
 }

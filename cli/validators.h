@@ -29,6 +29,11 @@ inline const CLI::Validator kPositive =
 inline const CLI::Validator kNonNegative =
     number_in(0, std::numeric_limits<double>::max(), ">= 0", "NONNEGATIVE");
 
+/// Rejects an empty value: `--languages ""` must not silently mean "the default".
+inline const CLI::Validator kNonEmpty = CLI::Validator(
+    [](std::string& input) -> std::string { return input.empty() ? "must not be empty" : ""; },
+    "TEXT");
+
 /// An integer range check whose help and error show the bounds: "in [2, 4096]".
 inline CLI::Validator int_in(long long lo, long long hi) {
   const std::string bounds = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";

@@ -769,7 +769,8 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "demo --experts 1",                "bench layer --warmup -1",
       "bench layer --d-model abc",       "corpus build --jobs 2000",
       "--threads 100000 demo",           "bench layer --warmup 2147483647 --iters 2",
-      "bench layer --iters 2147483647",  "bench train --config x.json --steps 1000000"};
+      "bench layer --iters 2147483647",  "bench train --config x.json --steps 1000000",
+      "corpus build --languages ''"};
   const std::vector<std::string> expected = {
       "--tokens: must be > 0 (got 0)",          "--threads: must be in [1, 256] (got 0)",
       "--experts: must be in [2, 4096] (got 1)", "--warmup: must be in [0, 100000] (got -1)",
@@ -777,7 +778,8 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "--threads: must be in [1, 256] (got 100000)",
       "--warmup: must be in [0, 100000] (got 2147483647)",
       "--iters: must be in [1, 100000] (got 2147483647)",
-      "--steps: must be in [1, 10000] (got 1000000)"};
+      "--steps: must be in [1, 10000] (got 1000000)",
+      "--languages: must not be empty"};
   const std::vector<CliResult> r = run_cli_all(dir, args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     ASSERT_TRUE(r[i].exited) << r[i].args;

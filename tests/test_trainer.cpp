@@ -306,6 +306,19 @@ TEST_F(TrainerTest, FreshRunStartsANewMetricsFile) {
   EXPECT_NE(lines[0].at("loss"), 9);
 }
 
+// A language listed for training that has no training text is refused before the run starts.
+TEST_F(TrainerTest, LanguageWithoutTrainingTextIsRefused) {
+  TempDir runs("xmoe_runs");
+  fs::copy(dir_->file("corpus"), runs.file("corpus"), fs::copy_options::recursive);
+  xmoe_test::write_file(runs.file("corpus/train/uk.txt"), "");
+  const std::string message = xmoe_test::error_message<std::runtime_error>([&] {
+    train(config({"data.corpus=\"" + runs.file("corpus") + "\"", "data.languages=[\"de\",\"uk\"]"}),
+          runs.file("run"));
+  });
+  EXPECT_TRUE(Contains(message, runs.file("corpus/train/uk.txt") + ": no training text in language 'uk'"));
+  EXPECT_FALSE(fs::exists(runs.file("run/config.json")));
+}
+
 // A checkpoint renamed to another step's name would resume at one step and then be overwritten
 // as another: reading it says so.
 TEST_F(TrainerTest, RenamedCheckpointIsRefused) {

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -788,6 +789,9 @@ def main(argv=None):
             print(msg, file=sys.stderr, flush=True)
 
     start = time.monotonic()
+    # SIGTERM (kill, a job runner's timeout, or xmoe passing its own on) stops the build like
+    # Ctrl-C: temporary folders are removed and no output file is left half-written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         languages = _parse_list(args.languages, LANGUAGES, "languages")
         sources = _parse_list(args.sources, SOURCES, "sources")
@@ -841,6 +845,9 @@ def main(argv=None):
     except CorpusError as e:
         print(f"build_corpus.py: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an output or cache path that is a file, or not writable
+        print(f"build_corpus.py: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("build_corpus.py: interrupted", file=sys.stderr)
         return 130
@@ -848,6 +855,11 @@ def main(argv=None):
         counts = "  ".join(f"{s} {manifest['splits'][s][lang]['lines']}" for s in SPLITS)
         say(f"{lang}: {manifest['totals'][lang]['lines']} paragraphs, "
             f"{manifest['totals'][lang]['bytes']} bytes ({counts})")
+    empty = [lang for lang in manifest["languages"] if manifest["totals"][lang]["lines"] == 0]
+    if empty:
+        print(f"build_corpus.py: warning: no paragraphs in {', '.join(empty)} from the sources "
+              f"{', '.join(sources)}; pre-training refuses a language without text",
+              file=sys.stderr)
     say(f"wrote {args.out} in {time.monotonic() - start:.1f} s")
     return 0
 

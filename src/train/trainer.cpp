@@ -1,5 +1,6 @@
 #include "xmoe/train/trainer.h"
 
+#include "xmoe/data/corpus_files.h"
 #include "xmoe/data/mlm_dataset.h"
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/model/encoder.h"
@@ -220,6 +221,15 @@ void Trainer::build(const std::string& tokenizer) {
   tokenizer_path_ = tokenizer;
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   train_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "train"));
+  // A language without training text would never be sampled, yet count in every per-language
+  // metric as if it were trained: refuse it, naming the file.
+  for (int64_t l = 0; l < train_data_->n_languages(); ++l)
+    if (train_data_->line_counts()[l] == 0)
+      throw std::runtime_error(
+          corpus_file(config_.data.corpus, "train", train_data_->languages()[l]) +
+          ": no training text in language '" + train_data_->languages()[l] +
+          "'; rebuild the corpus with a source that has it, or list the other languages in "
+          "data.languages");
   // "All languages" becomes the explicit list, so the saved config names the languages that
   // probe and metrics indices refer to, and validation uses the same list in the same order.
   config_.data.languages = train_data_->languages();
