@@ -13,9 +13,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -34,9 +37,42 @@ struct TokenizerTrainArgs {
 struct TokenizerCodecArgs {
   std::string model;
   std::vector<std::string> text;
-  std::vector<int> ids;
+  std::vector<std::string> ids;  // parsed strictly: "", "0x10" or "1e3" are not ids
   bool pieces = false;
 };
+
+// The byte offset of the first byte that does not belong to a well-formed UTF-8 sequence
+// (overlong forms, surrogates and code points past U+10FFFF included), or npos.
+size_t invalid_utf8_offset(const std::string& text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
 
 void run_train(const TokenizerTrainArgs& a) {
   TokenizerTrainOptions options;
@@ -67,7 +103,13 @@ void run_train(const TokenizerTrainArgs& a) {
               r.vocab_path.c_str());
 }
 
-void print_encoded(const Tokenizer& tokenizer, const std::string& text, bool pieces) {
+// `where` names the text in errors: "the text" or "stdin line N".
+void print_encoded(const Tokenizer& tokenizer, const std::string& text, bool pieces,
+                   const std::string& where) {
+  // SentencePiece would turn the bytes into <unk> without a word.
+  const size_t bad = invalid_utf8_offset(text);
+  if (bad != std::string::npos)
+    throw std::invalid_argument(where + " is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   std::string line;
   if (pieces) {
     for (const auto& p : tokenizer.encode_as_pieces(text)) line += (line.empty() ? "" : " ") + p;
@@ -84,16 +126,28 @@ void run_encode(const TokenizerCodecArgs& a) {
   if (!a.text.empty()) {
     std::string text;
     for (const auto& word : a.text) text += (text.empty() ? "" : " ") + word;
-    print_encoded(tokenizer, text, a.pieces);
+    print_encoded(tokenizer, text, a.pieces, "the text");
     return;
   }
   std::string line;
-  while (std::getline(std::cin, line)) print_encoded(tokenizer, line, a.pieces);
+  for (int64_t n = 1; std::getline(std::cin, line); ++n)
+    print_encoded(tokenizer, line, a.pieces, "stdin line " + std::to_string(n));
 }
 
 void run_decode(const TokenizerCodecArgs& a) {
   const Tokenizer tokenizer = Tokenizer::load(a.model);
-  std::cout << tokenizer.decode(a.ids) << "\n";
+  std::vector<int> ids;
+  for (const std::string& word : a.ids) {
+    int id = 0;
+    const char* end = word.data() + word.size();
+    const auto [ptr, ec] = std::from_chars(word.data(), end, id);
+    if (word.empty() || ec != std::errc() || ptr != end || id < 0 || id >= tokenizer.vocab_size())
+      throw std::invalid_argument("'" + word + "' is not a token id of " + a.model +
+                                  " (a decimal integer in [0, " +
+                                  std::to_string(tokenizer.vocab_size()) + "))");
+    ids.push_back(id);
+  }
+  std::cout << tokenizer.decode(ids) << "\n";
 }
 
 }  // namespace
@@ -113,7 +167,8 @@ void register_tokenizer(CLI::App& app) {
       ->required();
   t->add_option("--split", train->split, "Corpus split to train on")->capture_default_str();
   t->add_option("--vocab-size", train->vocab_size, "Vocabulary size, the 5 specials included")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(int_in(Tokenizer::kNumSpecial + 1, 1 << 24));
   t->add_option("--lines-per-language", train->lines_per_language,
                 "Lines sampled per language; 0 = as many as the smallest language has (at most " +
                     std::to_string(kAutoLinesCap) + ")")
@@ -122,11 +177,13 @@ void register_tokenizer(CLI::App& app) {
   t->add_option("--seed", train->seed, "Seed of the line sample")->capture_default_str();
   t->add_option("--character-coverage", train->character_coverage,
                 "Share of characters covered by the vocabulary")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(std::numeric_limits<double>::denorm_min(), 1.0, "in (0, 1]", "(0, 1]"));
   t->add_option("--model-type", train->model_type, "unigram or bpe")->capture_default_str();
   t->add_option("--max-sentence-length", train->max_sentence_length,
                 "Longer lines (bytes) are left out of training")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(int_in(1, 1 << 30));
   t->add_flag("--byte-fallback", train->byte_fallback,
               "Spell uncovered characters as byte pieces instead of <unk>");
   t->add_flag("--soft-vocab-limit", train->soft_vocab_limit,

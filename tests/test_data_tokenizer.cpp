@@ -209,6 +209,7 @@ TEST_F(TokenizerTest, BadOptionsAndImpossibleVocabulariesAreReported) {
   } catch (const std::runtime_error& e) {
     EXPECT_TRUE(Contains(e.what(), "huge.model"));
     EXPECT_TRUE(Contains(e.what(), "ocabulary size"));
+    EXPECT_FALSE(Contains(e.what(), ".cc(")) << "SentencePiece's source location leaked";
   }
   EXPECT_TRUE(xmoe_test::read_file(dir_->file("huge.model")).empty());
   EXPECT_THROW(train_tokenizer({}, dir_->file("none"), TokenizerTrainOptions()),
@@ -227,7 +228,12 @@ TEST_F(TokenizerTest, CommandLineTrainsAndEncodes) {
   const std::string cmd = cli + " --threads 1 tokenizer train --corpus '" + dir_->path() +
                           "' --out '" + out + "' --vocab-size 200 --seed 1 > '" + log +
                           "' 2>&1 && " + cli + " tokenizer encode --model '" + out +
-                          ".model' the cat sat >> '" + log + "' 2>&1";
+                          ".model' the cat sat >> '" + log + "' 2>&1 && " +
+                          // bad input, each with its exit status: invalid UTF-8, a hex "id"
+                          "{ printf 'caf\\351\\n' | " + cli + " tokenizer encode --model '" + out +
+                          ".model' >> '" + log + "' 2>&1; echo \"rc=$?\" >> '" + log + "'; " + cli +
+                          " tokenizer decode --model '" + out + ".model' 0x10 >> '" + log +
+                          "' 2>&1; echo \"rc=$?\" >> '" + log + "'; }";
   const int status = std::system(cmd.c_str());
   const std::string text = xmoe_test::read_file(log);
   ASSERT_TRUE(WIFEXITED(status)) << text;
@@ -240,6 +246,9 @@ TEST_F(TokenizerTest, CommandLineTrainsAndEncodes) {
   std::string ids;
   for (int id : tok.encode("the cat sat")) ids += (ids.empty() ? "" : " ") + std::to_string(id);
   EXPECT_TRUE(Contains(text, "\n" + ids + "\n"));
+  EXPECT_TRUE(Contains(text, "xmoe: error: stdin line 1 is not valid UTF-8 (byte 3)\nrc=1\n"));
+  EXPECT_TRUE(Contains(text, "xmoe: error: '0x10' is not a token id of " + out + ".model"));
+  EXPECT_TRUE(Contains(text, "rc=1\n"));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <regex>
 #include <stdexcept>
 #include <utility>
 
@@ -21,6 +22,18 @@ std::string format_double(double v) {
   char buffer[64];
   std::snprintf(buffer, sizeof(buffer), "%.17g", v);
   return buffer;
+}
+
+// SentencePiece's error, in xmoe's terms: without its source location and failed condition
+// ("Internal: ./src/trainer_interface.cc(580) [(...) <= (...)] "), and naming the options of
+// `xmoe tokenizer train` rather than SentencePiece's own flags.
+std::string explain_sentencepiece_error(std::string error) {
+  static const std::regex location(R"(^[A-Za-z ]+: \S+\(\d+\) \[[^\]]*\] )");
+  error = std::regex_replace(error, location, "");
+  error = std::regex_replace(error, std::regex(R"( with --character_coverage option)"), "");
+  error = std::regex_replace(error, std::regex(R"(\bvocab_size\b)"), "--vocab-size");
+  error = std::regex_replace(error, std::regex(R"(\bcharacter_coverage\b)"), "--character-coverage");
+  return error;
 }
 
 }  // namespace
@@ -103,7 +116,8 @@ std::string train_tokenizer(const std::vector<std::string>& sentences,
   // SentencePiece reserves the seed 0xFFFFFFFF for "from std::random_device".
   const auto seed = static_cast<unsigned int>(options.seed() % 0xFFFFFFFFu);
   if (!api.train(args, sentences, seed, options.verbose() ? 0 : 2, &model_bytes, &error)) {
-    throw std::runtime_error(model_path + ": SentencePiece training failed: " + error);
+    throw std::runtime_error(model_path + ": SentencePiece training failed: " +
+                             explain_sentencepiece_error(error));
   }
 
   // Verify the ids before anything is written, then write the model and its vocabulary.
