@@ -32,6 +32,9 @@ void run_report(const ReportArgs& a) {
   namespace fs = std::filesystem;
   const std::string script = find_script("report/make_report.py");  // fail before the analysis
   const std::string analysis_dir = (fs::path(a.out) / "analysis").string();
+  // An index.html of an earlier report must not stand beside this analysis if drawing fails.
+  std::error_code ec;
+  fs::remove(fs::path(a.out) / "index.html", ec);
   analysis::RunAnalysisOptions options;
   options.window_steps = a.window;
   options.token_map_points = a.token_map_points;

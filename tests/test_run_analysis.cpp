@@ -44,9 +44,10 @@ namespace fs = std::filesystem;
 
 class RunAnalysisTest : public ::testing::Test {
  protected:
-  // The corpus and tokenizer of five tiny runs (run() trains each, ~0.4 s, when first asked for):
+  // The corpus and tokenizer of six tiny runs (run() trains each, ~0.4 s, when first asked for):
   // two X-MoE runs from the same initial weights with different training seeds (a, b), a
-  // bit-identical repeat of a (a_again), a dense run and a run with another MoE layout.
+  // bit-identical repeat of a (a_again), a dense run, a run with another MoE layout and one with
+  // sigmoid gates.
   // 20 steps, checkpoints every 5 steps, the last 3 kept (10, 15, 20).
   static void SetUpTestSuite() {
     dir_ = std::make_unique<TempDir>("xmoe_run_analysis");
@@ -64,6 +65,7 @@ class RunAnalysisTest : public ::testing::Test {
         {"b", {"name=smoe-b", "train.seed=6"}},
         {"a_again", {"name=smoe-a", "train.seed=5"}},
         {"dense", {"name=dense", "model.moe_layers=[]", "moe=null"}},
+        {"sigmoid", {"name=smoe-sigmoid", "moe.gate=sigmoid"}},
         {"other", {"name=other", "model.moe_layers=[1]", "moe.n_expert=2", "train.steps=10"}}};
     const std::string dir = dir_->file("runs/" + name);
     if (!fs::exists(dir)) train(config(overrides.at(name)), dir);
@@ -172,6 +174,7 @@ TEST_F(RunAnalysisTest, ConsistencyWindowsAndTokenAgreementOfTwoSeeds) {
     }
     EXPECT_NEAR(l.mean, (l.windows[0].pearson_mean + l.windows[1].pearson_mean) / 2, 1e-15);
   }
+  EXPECT_TRUE(a.warnings.empty()) << a.warnings[0];  // runs that differ only in their seeds
   ASSERT_EQ(c.token_agreement.size(), 2u);  // one pair × two layers
   for (const TokenAgreement& t : c.token_agreement) {
     EXPECT_EQ(t.run_a, "smoe-a");
@@ -255,6 +258,12 @@ TEST_F(RunAnalysisTest, DifferentLayoutsOrProbeTokensSkipWithAWarning) {
   EXPECT_EQ(probes.consistency->layers[0].windows.size(), 2u);
   EXPECT_TRUE(probes.consistency->token_agreement.empty());
   EXPECT_TRUE(any_warning_has(probes, "different probe tokens"));
+
+  // The same layout but another gate: compared, with a warning naming the difference.
+  const RunAnalysis gates = analyze_runs({run("a"), run("sigmoid")}, quiet(0));
+  EXPECT_TRUE(gates.consistency.has_value());
+  EXPECT_TRUE(any_warning_has(gates, "runs smoe-a and smoe-sigmoid differ at 'moe.gate', not only "
+                                     "in their seeds"));
 }
 
 TEST_F(RunAnalysisTest, WrittenFilesReadBack) {
@@ -352,6 +361,22 @@ TEST_F(RunAnalysisTest, ErrorsNameTheRunOrFile) {
                                                        metrics.begin(), metrics.end(), '\n') + 1) + ":");
   // Alone, a run's metrics.jsonl is not read.
   EXPECT_NO_THROW(analyze_runs({tmp.file("badmetrics")}, quiet(0)));
+
+  // A checkpoint of another run among this run's: not one run's history.
+  fs::copy(run("a"), tmp.file("mixed"), fs::copy_options::recursive);
+  const std::string foreign = checkpoint_path(tmp.file("mixed/checkpoints"), 5);
+  fs::copy_file(checkpoint_path(run("other") + "/checkpoints", 5), foreign);
+  expect_error({tmp.file("mixed")}, "its config differs from " + foreign + "'s at 'model.moe_layers'");
+  // The same run twice is refused, not compared with itself.
+  EXPECT_TRUE(Contains(xmoe_test::error_message<std::invalid_argument>(
+                           [&] { analyze_runs({run("a"), run("a") + "/"}, quiet(0)); }),
+                       "(given twice)"));
+  // A damaged config.json: the run is named after its checkpoints, with a warning.
+  fs::copy(run("a"), tmp.file("badconfig"), fs::copy_options::recursive);
+  xmoe_test::write_file(tmp.file("badconfig/config.json"), "{");
+  const RunAnalysis named = analyze_runs({tmp.file("badconfig")}, quiet(0));
+  EXPECT_EQ(named.runs[0].name, "smoe-a");
+  EXPECT_TRUE(any_warning_has(named, "config.json: not a config with a \"name\""));
 
   EXPECT_THROW(analyze_runs({}, quiet()), std::invalid_argument);
   EXPECT_THROW(analyze_runs({run("a")}, quiet(-1)), std::invalid_argument);

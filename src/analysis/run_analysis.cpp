@@ -3,8 +3,10 @@
 #include "xmoe/analysis/routing_consistency.h"
 #include "xmoe/analysis/token_map.h"
 #include "xmoe/io/safetensors.h"
+#include "xmoe/io/strict_json.h"
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/lr_schedule.h"
+#include "xmoe/train/pretrain_config.h"
 #include "xmoe/train/routing_probe.h"
 #include "xmoe/train/saved_model.h"
 #include "xmoe/util/atomic_file.h"
@@ -38,6 +40,7 @@ struct LoadedRun {
   std::vector<at::Tensor> last_experts;  // per MoE layer: [N] top-1 expert at the last checkpoint
   int64_t log_every = 1;
   uint64_t init_seed = 0;
+  nlohmann::json identity;  // run_identity of the checkpoints' config
 };
 
 class Warnings {
@@ -82,13 +85,16 @@ std::string file_name_of(const std::string& name) {
 }
 
 // "name" of <run>/config.json, else `fallback` (the name saved in the checkpoint).
-std::string run_name(const std::string& dir, const std::string& fallback) {
-  std::ifstream in(fs::path(dir) / "config.json");
+std::string run_name(const std::string& dir, const std::string& fallback, Warnings& warn) {
+  const fs::path path = fs::path(dir) / "config.json";
+  std::ifstream in(path);
   if (!in) return fallback;
   const json config = json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (config.is_object() && config.contains("name") && config["name"].is_string() &&
       !config["name"].get<std::string>().empty())
     return config["name"].get<std::string>();
+  warn.add(path.string() + ": not a config with a \"name\"; the run is named '" + fallback +
+           "' after its checkpoints");
   return fallback;
 }
 
@@ -118,8 +124,18 @@ LoadedRun analyze_run(const std::string& dir, const RunAnalysisOptions& options,
   std::vector<ProbeRouting> previous;
   int64_t previous_step = 0;
   std::string saved_name;
+  std::string first_path;
   for (const auto& [step, path] : checkpoints) {
     SavedModel saved = load_saved_model(path);
+    // Checkpoints of another run copied into this one would be analysed as one run's history.
+    const json identity = run_identity(saved.config.to_json());
+    if (first_path.empty()) {
+      first_path = path;
+      run.identity = identity;
+    } else if (const std::string diff = first_json_difference(run.identity, identity); !diff.empty()) {
+      throw std::runtime_error(path + ": its config differs from " + first_path + "'s at '" + diff +
+                               "': the checkpoints of " + dir + " are not of one run");
+    }
     const TrainConfig& t = saved.config.train;
     CheckpointAnalysis c;
     c.step = saved.step;
@@ -160,7 +176,7 @@ LoadedRun analyze_run(const std::string& dir, const RunAnalysisOptions& options,
     previous = std::move(routing);
     previous_step = saved.step;
   }
-  run.result.name = run_name(dir, saved_name);
+  run.result.name = run_name(dir, saved_name, warn);
 
   // The last checkpoint's routing: layout, token maps, token agreement.
   for (const ProbeRouting& r : previous) {
@@ -268,6 +284,19 @@ c10::optional<Consistency> compute_consistency(const std::vector<LoadedRun>& all
       return c10::nullopt;
     }
   }
+  // Consistency compares runs that differ only in their seeds; anything else is a warning.
+  const auto without_seeds = [](json identity) {
+    identity["train"].erase("seed");
+    identity["model"].erase("init_seed");
+    return identity;
+  };
+  for (const LoadedRun* r : runs) {
+    const std::string diff =
+        first_json_difference(without_seeds(runs[0]->identity), without_seeds(r->identity));
+    if (!diff.empty())
+      warn.add("runs " + first.name + " and " + r->result.name + " differ at '" + diff +
+               "', not only in their seeds: their consistency compares different models");
+  }
   for (const LoadedRun* r : runs) {
     if (r->init_seed != runs[0]->init_seed) {
       warn.add("runs " + first.name + " and " + r->result.name + " start from different weights "
@@ -374,6 +403,13 @@ RunAnalysis analyze_runs(const std::vector<std::string>& run_dirs, const RunAnal
   Warnings warn(&out.warnings, options.print_warnings);
   std::vector<LoadedRun> runs;
   std::set<std::string> names, file_names;
+  for (size_t i = 0; i < run_dirs.size(); ++i)
+    for (size_t j = 0; j < i; ++j) {
+      std::error_code ec;
+      if (fs::equivalent(run_dirs[i], run_dirs[j], ec))
+        throw std::invalid_argument(run_dirs[i] + ": the same run directory as " + run_dirs[j] +
+                                    " (given twice)");
+    }
   for (const std::string& dir : run_dirs) {
     runs.push_back(analyze_run(dir, options, warn));
     RunResult& r = runs.back().result;

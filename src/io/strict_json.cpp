@@ -59,4 +59,26 @@ std::string read_text_file(const std::string& path, const std::string& what) {
   return text.str();
 }
 
+namespace {
+std::string first_difference_under(const nlohmann::json& a, const nlohmann::json& b,
+                                   const std::string& prefix) {
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [key, value] : a.items()) {
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      if (!b.contains(key)) return path;
+      std::string d = first_difference_under(value, b[key], path);
+      if (!d.empty()) return d;
+    }
+    for (const auto& item : b.items())
+      if (!a.contains(item.key())) return prefix.empty() ? item.key() : prefix + "." + item.key();
+    return "";
+  }
+  return a == b ? "" : (prefix.empty() ? "(root)" : prefix);
+}
+}  // namespace
+
+std::string first_json_difference(const nlohmann::json& a, const nlohmann::json& b) {
+  return first_difference_under(a, b, "");
+}
+
 }  // namespace xmoe

@@ -316,4 +316,14 @@ PretrainConfig load_pretrain_config(const std::string& path,
   return parse_pretrain_config(read_text_file(path, "pre-training config"), path, overrides);
 }
 
+nlohmann::json run_identity(const std::string& resolved_config_json) {
+  json c = json::parse(resolved_config_json);
+  if (c.contains("train") && c["train"].is_object()) {
+    c["train"].erase("steps");
+    for (const char* key : kScheduleKeys) c["train"].erase(key);
+  }
+  for (const char* key : {"log", "eval", "checkpoint", "name"}) c.erase(key);
+  return c;
+}
+
 }  // namespace xmoe

@@ -3,6 +3,7 @@
 #include "xmoe/data/corpus_files.h"
 #include "xmoe/data/mlm_dataset.h"
 #include "xmoe/data/tokenizer.h"
+#include "xmoe/io/strict_json.h"
 #include "xmoe/model/encoder.h"
 #include "xmoe/routing/router.h"
 #include "xmoe/train/checkpoint.h"
@@ -96,38 +97,6 @@ double seconds_since(Clock::time_point t) {
 }
 
 json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
-
-// train.* keys that may change on resume: the learning-rate schedule and clipping. Lowering the
-// rate is how a diverged run goes on from its last good checkpoint; the rate is a function of
-// the step and AdamW's moments carry over, so nothing else has to be reset.
-constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio", "clip_norm"};
-
-// The keys whose change would make a resumed run a different run.
-json identity_of(const std::string& config_json) {
-  json c = json::parse(config_json);
-  c["train"].erase("steps");
-  for (const char* key : kScheduleKeys) c["train"].erase(key);
-  c.erase("log");
-  c.erase("eval");
-  c.erase("checkpoint");
-  c.erase("name");
-  return c;
-}
-
-std::string first_difference(const json& a, const json& b, const std::string& prefix = "") {
-  if (a.is_object() && b.is_object()) {
-    for (const auto& [key, value] : a.items()) {
-      const std::string path = prefix.empty() ? key : prefix + "." + key;
-      if (!b.contains(key)) return path;
-      std::string d = first_difference(value, b[key], path);
-      if (!d.empty()) return d;
-    }
-    for (const auto& item : b.items())
-      if (!a.contains(item.key())) return prefix.empty() ? item.key() : prefix + "." + item.key();
-    return "";
-  }
-  return a == b ? "" : (prefix.empty() ? "(root)" : prefix);
-}
 
 struct Accumulated {  // training statistics since the last "train" line
   double loss = 0, mlm = 0, aux = 0;
@@ -492,7 +461,11 @@ TrainResult Trainer::run() {
     const auto saved = resume_from->metadata.find("config");
     if (saved == resume_from->metadata.end())
       throw FileFormatError(resume_from->path + ": the checkpoint has no 'config' metadata");
-    const std::string diff = first_difference(identity_of(saved->second), identity_of(config_.to_json()));
+    // Parsed first so that a damaged config names the checkpoint, then compared.
+    const std::string saved_config =
+        parse_pretrain_config(saved->second, resume_from->path + " (config metadata)").to_json();
+    const std::string diff =
+        first_json_difference(run_identity(saved_config), run_identity(config_.to_json()));
     if (!diff.empty()) {
       std::string schedule;
       for (const char* key : kScheduleKeys) schedule += std::string(", train.") + key;
@@ -514,7 +487,7 @@ TrainResult Trainer::run() {
       done.checkpoint = resume_from->path;
       return done;
     }
-    const json before = json::parse(saved->second).at("train");
+    const json before = json::parse(saved_config).at("train");
     const json now = json::parse(config_.to_json()).at("train");
     for (const char* key : kScheduleKeys) {  // a deliberate change: say so, it ends bit-identity
       if (options_.progress && before.value(key, json()) != now.value(key, json()))

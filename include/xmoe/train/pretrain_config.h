@@ -11,6 +11,7 @@
 #include "xmoe/moe/moe_layer.h"
 
 #include <c10/util/Optional.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
@@ -91,5 +92,15 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
 /// Reads and parses a config file.
 PretrainConfig load_pretrain_config(const std::string& path,
                                     const std::vector<std::string>& overrides = {});
+
+/// train.* keys that may change on resume: the learning-rate schedule and clipping. Lowering the
+/// rate is how a diverged run goes on from its last good checkpoint; the rate is a function of
+/// the step and AdamW's moments carry over, so nothing else has to be reset.
+inline constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio", "clip_norm"};
+
+/// What makes a run that run: the resolved config (`to_json()` text) without train.steps, the
+/// schedule keys, the log, eval and checkpoint sections and the name — the keys that may change
+/// on resume. Two checkpoints of one run have equal identities.
+nlohmann::json run_identity(const std::string& resolved_config_json);
 
 }  // namespace xmoe
