@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <torch/nn/modules/linear.h>
 
 #include "test_data_util.h"
@@ -293,6 +294,25 @@ TEST_F(TrainerTest, ResumeUsesTheRunsOwnTokenizerCopy) {
   xmoe_test::write_file(tokenizer, "retrained since");
   EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1", data}), runs.file("run"), true).step, 3);
   EXPECT_EQ(xmoe_test::read_file(runs.file("run/tokenizer.model")), copy);
+}
+
+// The saved config names the data by absolute path; a moved corpus may be named anew on resume
+// (the checkpoint's data state checks it holds the same lines), a changed one is refused.
+TEST_F(TrainerTest, ResumeFollowsAMovedCorpusAndRefusesAChangedOne) {
+  TempDir runs("xmoe_runs");
+  fs::copy(dir_->file("corpus"), runs.file("corpus"), fs::copy_options::recursive);
+  train(config({"train.steps=2", "train.warmup_steps=1", "data.corpus=\"" + runs.file("corpus") + "\""}),
+        runs.file("run"));
+  const auto saved = nlohmann::json::parse(xmoe_test::read_file(runs.file("run/config.json")));
+  EXPECT_EQ(saved.at("data").at("corpus"), runs.file("corpus"));
+  fs::rename(runs.file("corpus"), runs.file("moved"));
+  const std::string moved = "data.corpus=\"" + runs.file("moved") + "\"";
+  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1", moved}), runs.file("run"), true).step, 3);
+  std::ofstream(runs.file("moved/train/en.txt"), std::ios::app) << "one more line of training text\n";
+  EXPECT_TRUE(Contains(xmoe_test::error_message<FileFormatError>([&] {
+                         train(config({"train.steps=4", "train.warmup_steps=1", moved}), runs.file("run"), true);
+                       }),
+                       "the training data changed since this checkpoint"));
 }
 
 // A fresh run into a directory that a failed run left a metrics file in starts a new one.

@@ -323,6 +323,13 @@ nlohmann::json run_identity(const std::string& resolved_config_json) {
     for (const char* key : kScheduleKeys) c["train"].erase(key);
   }
   for (const char* key : {"log", "eval", "checkpoint", "name"}) c.erase(key);
+  // Where the data lives may change (a moved corpus, another working directory): the checkpoint's
+  // data state checks that the corpus holds the same lines, and resume trains with the run's own
+  // tokenizer copy.
+  if (c.contains("data") && c["data"].is_object()) {
+    c["data"].erase("corpus");
+    c["data"].erase("tokenizer");
+  }
   return c;
 }
 

@@ -108,13 +108,18 @@ struct Accumulated {  // training statistics since the last "train" line
 class Trainer {
  public:
   Trainer(const PretrainConfig& config, const TrainerOptions& options)
-      : config_(config), options_(options) {}
+      : config_(config), options_(options) {
+    // The saved config names the data by absolute path: resume, eval and analysis then find it
+    // from any working directory.
+    config_.data.corpus = fs::absolute(config_.data.corpus).lexically_normal().string();
+    config_.data.tokenizer = fs::absolute(config_.data.tokenizer).lexically_normal().string();
+  }
 
   TrainResult run();
 
  private:
-  /// The tokenizer the run trains with: data.tokenizer for a fresh run; on resume the run's own
-  /// copy, the one its checkpoints were trained with, even when data.tokenizer has changed since.
+  /// The tokenizer the run trains with: data.tokenizer, except on resume when data.tokenizer is
+  /// missing or no longer the model the run started with: then the run's own copy.
   std::string tokenizer_path(bool resume) const;
   /// Writes config.json, the tokenizer copy and a fresh or trimmed metrics.jsonl. Runs after
   /// every check on the inputs passed, so a refused start or resume leaves the run as it was.
@@ -161,11 +166,12 @@ bool same_contents(const std::string& a, const std::string& b) {
 std::string Trainer::tokenizer_path(bool resume) const {
   const std::string copy = (fs::path(options_.run_dir) / "tokenizer.model").string();
   std::error_code ec;
-  if (!resume || !fs::is_regular_file(copy, ec)) return config_.data.tokenizer;
-  if (options_.progress && fs::exists(config_.data.tokenizer, ec) &&
-      !same_contents(copy, config_.data.tokenizer))
-    std::cerr << "xmoe pretrain: " << config_.data.tokenizer << " has changed since the run "
-              << "started; resuming with the run's own copy, " << copy << "\n";
+  // data.tokenizer while it is the same model (its token cache is shared with other runs).
+  if (!resume || !fs::is_regular_file(copy, ec) || same_contents(copy, config_.data.tokenizer))
+    return config_.data.tokenizer;
+  if (options_.progress)
+    std::cerr << "xmoe pretrain: " << config_.data.tokenizer << " is missing or has changed "
+              << "since the run started; resuming with the run's own copy, " << copy << "\n";
   return copy;
 }
 
@@ -175,7 +181,9 @@ void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
   write_file_atomically((fs::path(dir) / "config.json").string(),
                         [&](std::ostream& out) { out << config_.to_json() << '\n'; });
   const fs::path tokenizer_copy = fs::path(dir) / "tokenizer.model";
-  if (fs::weakly_canonical(tokenizer_path_) != fs::weakly_canonical(tokenizer_copy)) {
+  std::error_code ec;
+  if ((resume_from == nullptr || !fs::is_regular_file(tokenizer_copy, ec)) &&
+      fs::weakly_canonical(tokenizer_path_) != fs::weakly_canonical(tokenizer_copy)) {
     write_file_atomically(tokenizer_copy.string(), [&](std::ostream& out) {
       std::ifstream in(tokenizer_path_, std::ios::binary);
       if (!in) throw std::runtime_error("cannot read " + tokenizer_path_);
@@ -471,7 +479,8 @@ TrainResult Trainer::run() {
       for (const char* key : kScheduleKeys) schedule += std::string(", train.") + key;
       throw std::runtime_error(resume_from->path + ": --resume: the config differs from the "
                                "checkpoint's at '" + diff + "' (only train.steps" + schedule +
-                               " and the log, eval and checkpoint settings may change on resume)");
+                               ", the data paths and the log, eval and checkpoint settings may "
+                               "change on resume)");
     }
     if (resume_from->step >= config_.train.steps) {
       // A finished run resumed (as scripts/demo.sh does on a re-run), or train.steps set below

@@ -99,8 +99,9 @@ PretrainConfig load_pretrain_config(const std::string& path,
 inline constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio", "clip_norm"};
 
 /// What makes a run that run: the resolved config (`to_json()` text) without train.steps, the
-/// schedule keys, the log, eval and checkpoint sections and the name — the keys that may change
-/// on resume. Two checkpoints of one run have equal identities.
+/// schedule keys, the log, eval and checkpoint sections, the name and the data paths
+/// (data.corpus, data.tokenizer) — the keys that may change on resume. Two checkpoints of one
+/// run have equal identities.
 nlohmann::json run_identity(const std::string& resolved_config_json);
 
 }  // namespace xmoe
