@@ -47,6 +47,17 @@ TEST(DotRouter, ScoresGatesAndBalanceByHand) {
   EXPECT_EQ(out.stats.tokens_per_expert[2].item<int64_t>(), 1);
 }
 
+// Scores near 1e20 are finite in float32, their z-loss (lse², ~1e40) is not: it is inf, for the
+// caller's finiteness checks to report, rather than an exception from the conversion.
+TEST(DotRouter, Float32ZLossPastTheRangeIsInfinite) {
+  DotRouterImpl r(RouterOptions(2, 3));
+  set(r.weight, mat({1, 0, 0, 1, 1, 1}, 3).to(at::kFloat));
+  RoutingResult out;
+  ASSERT_NO_THROW(out = r.route(mat({1e20, 0}, 1).to(at::kFloat)));
+  EXPECT_TRUE(std::isinf(out.aux.at("z").item<double>()));
+  EXPECT_TRUE(std::isfinite(out.aux.at("balance").item<double>()));
+}
+
 TEST(DotRouter, SigmoidGate) {
   auto r = make<DotRouterImpl>(RouterOptions(2, 3).gate(GateKind::kSigmoid));
   set(r->weight, mat({1, 0, 0, 1, 1, 1}, 3));

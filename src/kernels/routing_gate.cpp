@@ -201,9 +201,12 @@ struct RoutingGateFunction : torch::autograd::Function<RoutingGateFunction> {
       balance += sums[E + e] * inv_t * sums[e] * inv_t;
     }
     balance *= static_cast<double>(E);
-    at::Tensor balance_loss = at::full({}, balance, opt);
-    at::Tensor z_loss = at::full({}, sums[3 * E] * inv_t, opt);
-    at::Tensor entropy = at::full({}, sums[3 * E + 1] * inv_t, at::TensorOptions().dtype(at::kDouble));
+    // Made in double, then cast: a value past float32's range (the z-loss of logits near 1e20)
+    // becomes inf, which the caller's finiteness checks report, where at::full would throw.
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    at::Tensor balance_loss = at::full({}, balance, f64).to(opt);
+    at::Tensor z_loss = at::full({}, sums[3 * E] * inv_t, f64).to(opt);
+    at::Tensor entropy = at::full({}, sums[3 * E + 1] * inv_t, f64);
 
     ctx->save_for_backward({p, q, lse, gates, ids, first_share});
     ctx->saved_data["k"] = k;
