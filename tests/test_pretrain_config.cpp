@@ -97,6 +97,9 @@ TEST(PretrainConfig, EveryErrorNamesTheSourceAndTheKey) {
   EXPECT_TRUE(Contains(error_of(kMinimal, {"moe.d_model=16"}), "moe.d_model: must equal model.d_model (32)"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"train.warmup_steps=11"}), "train.warmup_steps: must be <= train.steps (10)"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.batch_tokens=64"}), "data.batch_tokens: must be >= data.max_len (128)"));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"data.batch_tokens=1000000000000"}),
+                       "data.batch_tokens: must be in [3, 16777216], got 1000000000000"));
+  EXPECT_TRUE(Contains(error_of(kMinimal, {"model.d_ff=10000000000"}), "limit of 2^34"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.corpus=\"\""}), "data.corpus: must not be empty"));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.packing=tight"}), "data.packing: unknown line packing 'tight' (known: whole, fill), got \"tight\""));
   EXPECT_TRUE(Contains(error_of(kMinimal, {"data.languages=[\"en\",\"en\"]"}), "data.languages: entries must be non-empty and distinct"));

@@ -99,6 +99,13 @@ Check<int64_t> at_least(int64_t lo) {
     return v >= lo ? std::string() : "must be >= " + std::to_string(lo);
   };
 }
+// Upper bounds keep a typo from allocating without end (a batch of 1e12 tokens).
+Check<int64_t> between(int64_t lo, int64_t hi) {
+  return [lo, hi](const int64_t& v) {
+    return v >= lo && v <= hi ? std::string()
+                              : "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  };
+}
 Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
   return [=](const double& v) {
     const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
@@ -133,9 +140,9 @@ const std::vector<Field>& fields() {
       field("data", "corpus", &P::data, &DataConfig::corpus, not_empty()),
       field("data", "tokenizer", &P::data, &DataConfig::tokenizer, not_empty()),
       field("data", "languages", &P::data, &DataConfig::languages),
-      field("data", "max_len", &P::data, &DataConfig::max_len, at_least(3)),
+      field("data", "max_len", &P::data, &DataConfig::max_len, between(3, 1 << 16)),
       field("data", "packing", &P::data, &DataConfig::packing, accepted_by(parse_line_packing)),
-      field("data", "batch_tokens", &P::data, &DataConfig::batch_tokens, at_least(3)),
+      field("data", "batch_tokens", &P::data, &DataConfig::batch_tokens, between(3, 1 << 24)),
       field("data", "alpha", &P::data, &DataConfig::alpha, in_range(0, 1, true, false)),
       field("data", "mask_prob", &P::data, &DataConfig::mask_prob, in_range(0, 1, true, false)),
       field("model", "d_model", &P::model, &ModelConfig::d_model, at_least(1)),
@@ -159,12 +166,12 @@ const std::vector<Field>& fields() {
       field("train", "beta2", &P::train, &TrainConfig::beta2, in_range(0, 1, false, true)),
       field("train", "eps", &P::train, &TrainConfig::eps, in_range(0, kInf, true, true)),
       field("train", "clip_norm", &P::train, &TrainConfig::clip_norm, in_range(0, kInf, false, true)),
-      field("train", "accumulate", &P::train, &TrainConfig::accumulate, at_least(1)),
+      field("train", "accumulate", &P::train, &TrainConfig::accumulate, between(1, 1 << 16)),
       field("train", "seed", &P::train, &TrainConfig::seed),
       field("log", "every", &P::log, &LogConfig::every, at_least(1)),
       field("eval", "every", &P::eval, &EvalConfig::every, at_least(1)),
       field("eval", "max_batches", &P::eval, &EvalConfig::max_batches, at_least(0)),
-      field("eval", "probe_tokens", &P::eval, &EvalConfig::probe_tokens, at_least(0)),
+      field("eval", "probe_tokens", &P::eval, &EvalConfig::probe_tokens, between(0, 1 << 24)),
       field("checkpoint", "every", &P::checkpoint, &CheckpointConfig::every, at_least(1)),
       field("checkpoint", "keep", &P::checkpoint, &CheckpointConfig::keep, at_least(1)),
   };
