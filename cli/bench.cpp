@@ -168,8 +168,12 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--router", args->router, "Router kind")->capture_default_str();
   cmd->add_option("--capacity-factor", args->capacity_factor, "0 = dropless")->capture_default_str()->check(kNonNegative);
   cmd->add_option("--path", args->path, "Expert path")->capture_default_str()->check(CLI::IsMember({"fast", "reference"}));
-  cmd->add_option("--iters", args->iters, "Timed iterations (median reported)")->capture_default_str()->check(int_in(1, kMaxBenchIterations));
-  cmd->add_option("--warmup", args->warmup, "Untimed iterations first")->capture_default_str()->check(int_in(0, kMaxBenchIterations));
+  cmd->add_option("--iters", args->iters, "Timed iterations (median reported)")
+      ->capture_default_str()
+      ->check(int_in(1, kMaxBenchIterations));
+  cmd->add_option("--warmup", args->warmup, "Untimed iterations first")
+      ->capture_default_str()
+      ->check(int_in(0, kMaxBenchIterations));
   cmd->add_option("--seed", args->seed, "Seed")->capture_default_str();
   cmd->callback([args] { run_bench_layer(*args); });
 }

@@ -220,13 +220,20 @@ void register_bench_train(CLI::App& bench) {
       "train", "Time masked-LM training steps of a config's encoder on synthetic batches (JSON line)");
   cmd->add_option("--config", args->config, "Pre-training config (JSON)")->required();
   cmd->add_option("--set", args->set, "Override a config key, e.g. --set moe.router=dot");
-  cmd->add_option("--steps", args->steps, "Timed steps (median reported)")->capture_default_str()->check(int_in(1, kMaxBenchSteps));
-  cmd->add_option("--warmup", args->warmup, "Untimed steps first")->capture_default_str()->check(int_in(0, kMaxBenchSteps));
+  cmd->add_option("--steps", args->steps, "Timed steps (median reported)")
+      ->capture_default_str()
+      ->check(int_in(1, kMaxBenchSteps));
+  cmd->add_option("--warmup", args->warmup, "Untimed steps first")
+      ->capture_default_str()
+      ->check(int_in(0, kMaxBenchSteps));
   cmd->add_option("--batch-seqs", args->batch_seqs, "Sequences per batch (0 = data.batch_tokens / seq_len)")->capture_default_str()->check(kNonNegative);
   cmd->add_option("--seq-len", args->seq_len, "Sequence length (0 = data.max_len)")->capture_default_str()->check(kNonNegative);
   cmd->add_option("--vocab", args->vocab, "Vocabulary size (no tokenizer is read)")->capture_default_str()->check(kPositive);
   cmd->add_option("--seed", args->seed, "Seed of the synthetic batches")->capture_default_str();
-  cmd->add_option("--profile", args->profile, "Profile this many extra steps: self time per op on stderr")->capture_default_str()->check(int_in(0, kMaxBenchSteps));
+  cmd->add_option("--profile", args->profile,
+                  "Profile this many extra steps: self time per op on stderr")
+      ->capture_default_str()
+      ->check(int_in(0, kMaxBenchSteps));
   cmd->add_flag("--full-last-layer", args->full_last_layer,
                 "Run the last layer at every position (as a plain encoder does), not only at the "
                 "labelled ones");

@@ -55,7 +55,8 @@ void register_corpus(CLI::App& app) {
   build->add_option("--cache", args->cache, "Folder of downloaded .deb files (default data/debs)")
       ->check(kNonEmpty);
   build->add_option("--languages", args->languages,
-                    "Comma-separated languages (default all: en,de,fr,es,it,ru,pt,nl,pl,ja,zh,uk,cs)")
+                    "Comma-separated languages "
+                    "(default all: en,de,fr,es,it,ru,pt,nl,pl,ja,zh,uk,cs)")
       ->check(kNonEmpty);
   build->add_option("--sources", args->sources,
                     "Comma-separated sources (default all: libreoffice,manpages,fortunes)")

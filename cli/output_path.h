@@ -18,8 +18,9 @@ inline void refuse_output_over_input(
   for (const auto& [option, path] : inputs) {
     if (path.empty()) continue;
     std::error_code ec;
-    const bool same = fs::exists(out, ec) ? fs::equivalent(out, path, ec)
-                                          : fs::weakly_canonical(out, ec) == fs::weakly_canonical(path, ec);
+    const bool same = fs::exists(out, ec)
+                          ? fs::equivalent(out, path, ec)
+                          : fs::weakly_canonical(out, ec) == fs::weakly_canonical(path, ec);
     if (same)
       throw std::invalid_argument("--out " + out + " is the " + option +
                                   " file: writing it would replace the input; choose another path");

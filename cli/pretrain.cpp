@@ -52,7 +52,8 @@ extern "C" void on_interrupt(int) {
     return;
   }
   if (now - first < 1000) return;
-  static const char kMessage[] = "\nxmoe pretrain: interrupted again; exiting without a checkpoint\n";
+  static const char kMessage[] =
+      "\nxmoe pretrain: interrupted again; exiting without a checkpoint\n";
   (void)!::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
   ::_exit(130);
 }

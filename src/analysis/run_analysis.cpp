@@ -132,7 +132,8 @@ LoadedRun analyze_run(const std::string& dir, const RunAnalysisOptions& options,
     if (first_path.empty()) {
       first_path = path;
       run.identity = identity;
-    } else if (const std::string diff = first_json_difference(run.identity, identity); !diff.empty()) {
+    } else if (const std::string diff = first_json_difference(run.identity, identity);
+               !diff.empty()) {
       throw std::runtime_error(path + ": its config differs from " + first_path + "'s at '" + diff +
                                "': the checkpoints of " + dir + " are not of one run");
     }

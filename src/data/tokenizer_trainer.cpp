@@ -32,7 +32,8 @@ std::string explain_sentencepiece_error(std::string error) {
   error = std::regex_replace(error, location, "");
   error = std::regex_replace(error, std::regex(R"( with --character_coverage option)"), "");
   error = std::regex_replace(error, std::regex(R"(\bvocab_size\b)"), "--vocab-size");
-  error = std::regex_replace(error, std::regex(R"(\bcharacter_coverage\b)"), "--character-coverage");
+  error = std::regex_replace(error, std::regex(R"(\bcharacter_coverage\b)"),
+                             "--character-coverage");
   return error;
 }
 

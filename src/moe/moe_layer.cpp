@@ -58,8 +58,9 @@ void MoELayerOptions::validate() const {
   non_negative("load_coef", load_coef_);
   non_negative("z_loss_coef", z_loss_coef_);
   // Weights of the experts (the router's are far fewer). Counted in double: it cannot overflow.
-  const double expert_weights = static_cast<double>(n_expert_) * static_cast<double>(expert_depth_) *
-                                (2.0 * static_cast<double>(d_model_) * static_cast<double>(d_ff_));
+  const double expert_weights = static_cast<double>(n_expert_) *
+                                static_cast<double>(expert_depth_) * 2.0 *
+                                static_cast<double>(d_model_) * static_cast<double>(d_ff_);
   if (expert_weights > kMaxParameters)
     fail(too_many_parameters("n_expert × expert_depth × 2 × d_model × d_ff", expert_weights));
   router_options().validate();

@@ -88,7 +88,8 @@ void RouterOptions::validate() const {
     fail("noise_epsilon = " + std::to_string(noise_epsilon_) + " must be > 0");
   if (d_e_.has_value() && *d_e_ < 1) fail("d_e = " + std::to_string(*d_e_) + " must be >= 1");
   if (!float32_positive(expert_norm_))
-    fail("expert_norm = " + number(expert_norm_) + " must be > 0 and fit in float32 (1.2e-38..3.4e38)");
+    fail("expert_norm = " + number(expert_norm_) +
+         " must be > 0 and fit in float32 (1.2e-38..3.4e38)");
   if (!float32_positive(resolved_temperature_init()))
     fail("temperature_init = " + number(resolved_temperature_init()) +
          " must be > 0 and fit in float32 (1.2e-38..3.4e38)");

@@ -102,8 +102,8 @@ Check<int64_t> at_least(int64_t lo) {
 // Upper bounds keep a typo from allocating without end (a batch of 1e12 tokens).
 Check<int64_t> between(int64_t lo, int64_t hi) {
   return [lo, hi](const int64_t& v) {
-    return v >= lo && v <= hi ? std::string()
-                              : "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    if (v >= lo && v <= hi) return std::string();
+    return "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
   };
 }
 Check<double> in_range(double lo, double hi, bool lo_open, bool hi_open) {
@@ -311,7 +311,8 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
     std::string from_set;
     for (const std::string& assignment : overrides) {
       const std::string key = assignment.substr(0, assignment.find('='));
-      if (e.key == key || e.key.rfind(key + ".", 0) == 0) from_set = " (from --set " + assignment + ")";
+      if (e.key == key || e.key.rfind(key + ".", 0) == 0)
+        from_set = " (from --set " + assignment + ")";
     }
     throw FileFormatError(source + ": " + e.key + ": " + e.message + from_set);
   }

@@ -258,16 +258,16 @@ void Trainer::load_probe(bool resume, const std::string& probe_path) {
   probe_reselected_ = false;
   if (resume && fs::exists(probe_path)) {
     probe_ = load_probe_tokens(probe_path);
-    const int64_t vocab = tokenizer_->vocab_size();
-    if (probe_.input_ids.numel() > 0 &&
-        (probe_.input_ids.min().item<int64_t>() < 0 || probe_.input_ids.max().item<int64_t>() >= vocab ||
-         probe_.input_ids.size(1) > config_.data.max_len ||
-         probe_.language.min().item<int64_t>() < 0 ||
-         probe_.language.max().item<int64_t>() >= train_data_->n_languages()))
-      throw FileFormatError(probe_path + ": the probe tokens do not fit this run (token ids in 0.." +
-                            std::to_string(vocab - 1) + ", at most data.max_len = " +
+    const int64_t vocab = tokenizer_->vocab_size(), languages = train_data_->n_languages();
+    const at::Tensor& ids = probe_.input_ids;
+    if (ids.numel() > 0 &&
+        (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab ||
+         ids.size(1) > config_.data.max_len || probe_.language.min().item<int64_t>() < 0 ||
+         probe_.language.max().item<int64_t>() >= languages))
+      throw FileFormatError(probe_path + ": the probe tokens do not fit this run (token ids in " +
+                            "0.." + std::to_string(vocab - 1) + ", at most data.max_len = " +
                             std::to_string(config_.data.max_len) + " per row, languages in 0.." +
-                            std::to_string(train_data_->n_languages() - 1) + ")");
+                            std::to_string(languages - 1) + ")");
     return;
   }
   probe_ = select_probe_tokens(*valid_data_, config_.eval.probe_tokens);

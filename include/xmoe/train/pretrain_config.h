@@ -96,7 +96,8 @@ PretrainConfig load_pretrain_config(const std::string& path,
 /// train.* keys that may change on resume: the learning-rate schedule and clipping. Lowering the
 /// rate is how a diverged run goes on from its last good checkpoint; the rate is a function of
 /// the step and AdamW's moments carry over, so nothing else has to be reset.
-inline constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio", "clip_norm"};
+inline constexpr const char* kScheduleKeys[] = {"lr", "warmup_steps", "final_lr_ratio",
+                                                "clip_norm"};
 
 /// What makes a run that run: the resolved config (`to_json()` text) without train.steps, the
 /// schedule keys, the log, eval and checkpoint sections, the name and the data paths
