@@ -66,6 +66,10 @@ int run_pretrain(const PretrainArgs& a) {
       throw std::invalid_argument("give --config FILE (or --resume --out DIR to continue a run "
                                   "with its saved config)");
     config_path = (fs::path(a.out) / "config.json").string();
+    std::error_code ec;
+    if (!fs::exists(config_path, ec))
+      throw std::invalid_argument(a.out + ": no run to resume (no config.json there); start one "
+                                  "with --config FILE --out " + a.out);
   }
   const PretrainConfig config = load_pretrain_config(config_path, a.set);
   TrainerOptions options;

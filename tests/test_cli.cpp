@@ -760,6 +760,15 @@ TEST(CliHelpAndDemo, ThreadsAfterTheSubcommandTakeEffect) {
   EXPECT_TRUE(Contains(unknown[1].err, "xmoe bench: unknown command 'bogus' (known: train, layer"));
 }
 
+// --resume into a directory that holds no run says so and how to start one.
+TEST(CliHelpAndDemo, ResumeWithoutARunSaysSo) {
+  TempDir dir("xmoe_cli_resume");
+  const std::vector<CliResult> r = run_cli_all(dir, {"pretrain --resume --out " + quote(dir.file("none"))});
+  EXPECT_TRUE(r[0].exited && r[0].code == 1) << r[0].err;
+  EXPECT_TRUE(Contains(r[0].err, dir.file("none") + ": no run to resume (no config.json there); "
+                                                    "start one with --config FILE"));
+}
+
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.
 TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
   TempDir dir("xmoe_cli_numbers");
