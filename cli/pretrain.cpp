@@ -71,7 +71,10 @@ int run_pretrain(const PretrainArgs& a) {
       throw std::invalid_argument(a.out + ": no run to resume (no config.json there); start one "
                                   "with --config FILE --out " + a.out);
   }
-  const PretrainConfig config = load_pretrain_config(config_path, a.set);
+  PretrainConfig config = load_pretrain_config(config_path, a.set);
+  // As the trainer saves them (config.json), so that the print-out shows what is saved.
+  config.data.corpus = fs::absolute(config.data.corpus).lexically_normal().string();
+  config.data.tokenizer = fs::absolute(config.data.tokenizer).lexically_normal().string();
   TrainerOptions options;
   options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
   options.resume = a.resume;

@@ -262,8 +262,9 @@ TEST_F(RunAnalysisTest, DifferentLayoutsOrProbeTokensSkipWithAWarning) {
   // The same layout but another gate: compared, with a warning naming the difference.
   const RunAnalysis gates = analyze_runs({run("a"), run("sigmoid")}, quiet(0));
   EXPECT_TRUE(gates.consistency.has_value());
-  EXPECT_TRUE(any_warning_has(gates, "runs smoe-a and smoe-sigmoid differ at 'moe.gate', not only "
-                                     "in their seeds"));
+  // Every differing key is named (the gate; its resolved temperature_init follows it).
+  EXPECT_TRUE(any_warning_has(gates, "runs smoe-a and smoe-sigmoid differ at 'moe.gate', "
+                                     "'moe.temperature_init', not only in their seeds"));
 }
 
 TEST_F(RunAnalysisTest, WrittenFilesReadBack) {

@@ -292,11 +292,13 @@ c10::optional<Consistency> compute_consistency(const std::vector<LoadedRun>& all
     return identity;
   };
   for (const LoadedRun* r : runs) {
-    const std::string diff =
-        first_json_difference(without_seeds(runs[0]->identity), without_seeds(r->identity));
-    if (!diff.empty())
-      warn.add("runs " + first.name + " and " + r->result.name + " differ at '" + diff +
-               "', not only in their seeds: their consistency compares different models");
+    const std::vector<std::string> diff =
+        json_differences(without_seeds(runs[0]->identity), without_seeds(r->identity));
+    if (diff.empty()) continue;
+    std::string keys;
+    for (const std::string& key : diff) keys += (keys.empty() ? "'" : ", '") + key + "'";
+    warn.add("runs " + first.name + " and " + r->result.name + " differ at " + keys +
+             ", not only in their seeds: their consistency compares different models");
   }
   for (const LoadedRun* r : runs) {
     if (r->init_seed != runs[0]->init_seed) {

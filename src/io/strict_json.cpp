@@ -60,25 +60,36 @@ std::string read_text_file(const std::string& path, const std::string& what) {
 }
 
 namespace {
-std::string first_difference_under(const nlohmann::json& a, const nlohmann::json& b,
-                                   const std::string& prefix) {
-  if (a.is_object() && b.is_object()) {
-    for (const auto& [key, value] : a.items()) {
-      const std::string path = prefix.empty() ? key : prefix + "." + key;
-      if (!b.contains(key)) return path;
-      std::string d = first_difference_under(value, b[key], path);
-      if (!d.empty()) return d;
-    }
-    for (const auto& item : b.items())
-      if (!a.contains(item.key())) return prefix.empty() ? item.key() : prefix + "." + item.key();
-    return "";
+void collect_differences(const nlohmann::json& a, const nlohmann::json& b,
+                         const std::string& prefix, std::vector<std::string>* out) {
+  if (!(a.is_object() && b.is_object())) {
+    if (a != b) out->push_back(prefix.empty() ? "(root)" : prefix);
+    return;
   }
-  return a == b ? "" : (prefix.empty() ? "(root)" : prefix);
+  const auto path = [&](const std::string& key) {
+    return prefix.empty() ? key : prefix + "." + key;
+  };
+  for (const auto& [key, value] : a.items()) {
+    if (b.contains(key)) {
+      collect_differences(value, b[key], path(key), out);
+    } else {
+      out->push_back(path(key));
+    }
+  }
+  for (const auto& item : b.items())
+    if (!a.contains(item.key())) out->push_back(path(item.key()));
 }
 }  // namespace
 
+std::vector<std::string> json_differences(const nlohmann::json& a, const nlohmann::json& b) {
+  std::vector<std::string> out;
+  collect_differences(a, b, "", &out);
+  return out;
+}
+
 std::string first_json_difference(const nlohmann::json& a, const nlohmann::json& b) {
-  return first_difference_under(a, b, "");
+  const std::vector<std::string> all = json_differences(a, b);
+  return all.empty() ? "" : all.front();
 }
 
 }  // namespace xmoe

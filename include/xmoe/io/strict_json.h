@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <vector>
 
 namespace xmoe {
 
@@ -17,8 +18,11 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& sou
 /// not a regular file (a directory, device or FIFO), larger than 16 MiB or unreadable.
 std::string read_text_file(const std::string& path, const std::string& what);
 
-/// The dotted path of the first key where `a` and `b` differ ("model.d_ff"; "(root)" when they
-/// differ at the top and are not both objects), or "" when they are equal.
+/// The dotted paths of the keys where `a` and `b` differ, in key order ("model.d_ff"; "(root)"
+/// when they differ at the top and are not both objects); empty when they are equal.
+std::vector<std::string> json_differences(const nlohmann::json& a, const nlohmann::json& b);
+
+/// The first of json_differences(a, b), or "" when they are equal.
 std::string first_json_difference(const nlohmann::json& a, const nlohmann::json& b);
 
 }  // namespace xmoe
