@@ -3,6 +3,7 @@
 #include "xmoe/routing/dot_router.h"
 #include "xmoe/routing/hypersphere_router.h"
 #include "xmoe/routing/noisy_topk_router.h"
+#include "xmoe/util/init.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -244,6 +245,18 @@ TEST(HypersphereRouter, CosineScoresTemperatureAndBalanceByHand) {
   EXPECT_NEAR(out.aux.at("balance").item<double>(), 2 * sigmoid(0.2 / 0.07), 1e-9);
   EXPECT_TRUE(at::allclose(r->expert_embed.norm(2, {1}), at::full({2}, 1.5, at::kDouble)));
   EXPECT_TRUE(at::allclose(out.router_input, mat({3, 4}, 1)));  // z, for RC analysis
+}
+
+// Cosine routing does not depend on the token's scale, also where float32 cannot square it:
+// rows near 1e20 route like the rows themselves (their norm overflowed to inf, scores were 0).
+TEST(HypersphereRouter, ScaleInvariantBeyondFloat32Squares) {
+  HypersphereRouterImpl r(RouterOptions(8, 4).kind("xmoe"));
+  r.eval();
+  const at::Tensor h = at::randn({6, 8}, make_generator(3));
+  const RoutingResult plain = r.route(h), huge = r.route(h * 1e20);
+  EXPECT_TRUE(at::equal(plain.expert_ids, huge.expert_ids));
+  EXPECT_TRUE(at::allclose(plain.scores, huge.scores, 1e-5, 1e-6));
+  EXPECT_GT(plain.scores.abs().max().item<double>(), 0.01);
 }
 
 TEST(HypersphereRouter, SigmoidGateDividesByTemperature) {

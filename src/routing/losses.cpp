@@ -62,7 +62,10 @@ double mean_entropy(const at::Tensor& probs) {
 }
 
 at::Tensor l2_normalize(const at::Tensor& v, double eps) {
-  return v / v.norm(2, {-1}, /*keepdim=*/true).clamp_min(eps);
+  // The norm is accumulated in double: in float32 the sum of squares of a row near 1e20 is inf
+  // and the row would become zeros, a silently wrong direction for a finite vector.
+  const at::Tensor norm = v.norm(2, {-1}, /*keepdim=*/true, at::kDouble).clamp_min(eps);
+  return v / norm.to(v.scalar_type());
 }
 
 }  // namespace xmoe
