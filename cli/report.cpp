@@ -14,7 +14,10 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 namespace xmoe::cli {
 
@@ -28,21 +31,41 @@ struct ReportArgs {
   int64_t tsne_points = -1;  // -1: the script's default
 };
 
+// A folder that is removed, with what is in it, when the report fails before it is published.
+class Staging {
+ public:
+  explicit Staging(std::filesystem::path path) : path_(std::move(path)) {
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~Staging() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 void run_report(const ReportArgs& a) {
   namespace fs = std::filesystem;
   const std::string script = find_script("report/make_report.py");  // fail before the analysis
-  const std::string analysis_dir = (fs::path(a.out) / "analysis").string();
-  // An index.html of an earlier report must not stand beside this analysis if drawing fails.
-  std::error_code ec;
-  fs::remove(fs::path(a.out) / "index.html", ec);
+  // The report is built in a staging folder inside --out and moved into place only when it is
+  // complete: a failed report leaves an earlier one in --out as it was.
+  const fs::path out(a.out);
+  Staging staging(out / (".report.tmp." + std::to_string(::getpid())));
+  const std::string analysis_dir = (staging.path() / "analysis").string();
   analysis::RunAnalysisOptions options;
   options.window_steps = a.window;
   options.token_map_points = a.token_map_points;
   const analysis::RunAnalysis result = analysis::analyze_runs(a.runs, options);
   analysis::write_run_analysis(result, analysis_dir);
-  std::cout << "analysis: " << analysis_dir << "/analysis.json" << std::endl;
 
-  std::vector<std::string> args = {"python3", script, "--out", a.out, "--analysis", analysis_dir};
+  std::vector<std::string> args = {"python3", script,       "--out", staging.path().string(),
+                                   "--analysis", analysis_dir, "--quiet"};
   if (a.tsne_points >= 0) {
     args.push_back("--tsne-points");
     args.push_back(std::to_string(a.tsne_points));
@@ -51,11 +74,18 @@ void run_report(const ReportArgs& a) {
   const int status = run_process(args);
   if (status != 0)
     throw std::runtime_error(script + " failed (exit status " + std::to_string(status) +
-                             "; its message is above): no report in " + a.out);
-  const fs::path index = fs::path(a.out) / "index.html";
-  if (!fs::is_regular_file(index))
-    throw std::runtime_error(script + " exited 0 but wrote no " + index.string());
-  std::cout << "report: " << index.string() << std::endl;
+                             "; its message is above): " + a.out + " is as it was");
+  if (!fs::is_regular_file(staging.path() / "index.html"))
+    throw std::runtime_error(script + " exited 0 but wrote no index.html; " + a.out +
+                             " is as it was");
+  // Publish: every file and folder of the new report replaces the one of the same name.
+  for (const fs::directory_entry& entry : fs::directory_iterator(staging.path())) {
+    const fs::path target = out / entry.path().filename();
+    fs::remove_all(target);
+    fs::rename(entry.path(), target);
+  }
+  std::cout << "analysis: " << (out / "analysis" / "analysis.json").string() << "\n"
+            << "report: " << (out / "index.html").string() << std::endl;
 }
 
 }  // namespace

@@ -464,6 +464,18 @@ TEST_F(RunAnalysisTest, CliReportLinksOnlyImagesThatExist) {
   const Cli bad = run_cli(tmp, "report " + quote(tmp.file("nometrics")) + " --out " + quote(tmp.file("r2")));
   EXPECT_EQ(bad.code, 1);
   EXPECT_TRUE(Contains(bad.err, "make_report.py failed"));
+  // Into the folder of the good report: that report stays exactly as it was, no staging left.
+  std::map<std::string, std::string> before;
+  for (const auto& e : fs::recursive_directory_iterator(out))
+    if (e.is_regular_file()) before[e.path().string()] = xmoe_test::read_file(e.path().string());
+  const Cli over = run_cli(tmp, "report " + quote(tmp.file("nometrics")) + " --out " + quote(out));
+  EXPECT_EQ(over.code, 1);
+  EXPECT_TRUE(Contains(over.err, out + " is as it was"));
+  std::map<std::string, std::string> after;
+  for (const auto& e : fs::recursive_directory_iterator(out))
+    if (e.is_regular_file()) after[e.path().string()] = xmoe_test::read_file(e.path().string());
+  EXPECT_EQ(after.size(), before.size());
+  EXPECT_TRUE(after == before);
 }
 
 }  // namespace

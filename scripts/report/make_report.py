@@ -747,6 +747,9 @@ def parse_args(argv):
                                            "token_map-*.safetensors)")
     parser.add_argument("--tsne-points", type=int, default=DEFAULT_TSNE_POINTS,
                         help="most tokens per token map (default %(default)s; 0: no t-SNE)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not print the path of index.html (xmoe report prints where it "
+                             "moved the report)")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     args = parser.parse_args(argv)
     if args.tsne_points < 0:
@@ -788,7 +791,8 @@ def main(argv=None):
     except OSError as exc:
         sys.stderr.write(f"make_report.py: error: {exc}\n")
         return 2
-    print(os.path.join(args.out, "index.html"))
+    if not args.quiet:
+        print(os.path.join(args.out, "index.html"))
     return 0
 
 
