@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 namespace xmoe::cli {
 
@@ -136,6 +137,17 @@ void run_layer_forward(const LayerForwardArgs& args) {
       // A weight the objective does not reach (a fixed temperature) has a zero gradient.
       result["grad." + item.key()] = g.defined() ? g.detach() : at::zeros_like(item.value());
     }
+  }
+  // Finite inputs can still overflow inside the layer (weights near the float32 limit): a
+  // parity file of inf/NaN would compare as a mismatch, or not at all; refuse it instead.
+  for (const auto& [name, t] : result) {
+    if (!t.is_floating_point()) continue;
+    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    if (bad > 0)
+      throw std::runtime_error("the layer's result '" + name + "' has " + std::to_string(bad) +
+                               " non-finite value(s): the weights or input overflow " +
+                               std::string(c10::toString(dtype)) + " inside the layer; nothing "
+                               "written to " + args.out);
   }
   save_safetensors(args.out, result);
   std::cout << "wrote " << result.size() << " tensors to " << args.out << " (" << n_tokens

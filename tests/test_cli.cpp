@@ -648,6 +648,14 @@ TEST(CliLayerForward, BadInputsFailCleanlyNamingFileAndTensor) {
     batch.add("F64 weight beyond the F32 input's range", config, path, good_input,
               {path, "'router.weight'", "beyond the range of Float"});
   }
+  {
+    // Finite weights whose products overflow float32 inside the layer.
+    const std::string path = weights_with("overflowing.safetensors", [](TensorMap& w) {
+      w["experts.0.w2"] = at::full({kExperts, kModel, kFF}, 3e38, at::kFloat);
+    });
+    batch.add("weights that overflow inside the layer", config, path, good_input,
+              {"the layer's result 'output' has", "non-finite", "nothing written"});
+  }
 
   batch.run_and_check();
 }
