@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 
 namespace xmoe::cli {
@@ -30,9 +31,17 @@ void run_eval(const EvalArgs& a) {
   SavedModel saved = load_saved_model(a.checkpoint);
   PretrainConfig config = saved.config;
   if (!a.corpus.empty()) config.data.corpus = a.corpus;
+  if (saved.tokenizer_from_config)
+    std::cerr << "xmoe eval: warning: no tokenizer.model in the checkpoint's run directory; using "
+              << saved.tokenizer << " from its config (it must be the model the run trained with)\n";
   const Tokenizer tokenizer = Tokenizer::load(saved.tokenizer);
   const MlmDataset data(tokenizer, dataset_options(config, a.split));
-  const MlmEvaluation e = evaluate_mlm(saved.model, data, a.max_batches);
+  MlmEvaluation e;
+  try {
+    e = evaluate_mlm(saved.model, data, a.max_batches);
+  } catch (const std::exception& error) {  // a diverged model: name the checkpoint
+    throw std::runtime_error(saved.checkpoint + ": " + error.what());
+  }
 
   if (a.json) {
     nlohmann::json languages = nlohmann::json::object();

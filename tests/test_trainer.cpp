@@ -470,6 +470,7 @@ TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
   SavedModel saved = load_saved_model(runs.file("run"));
   EXPECT_EQ(saved.step, 3);
   EXPECT_EQ(saved.tokenizer, runs.file("run/tokenizer.model"));
+  EXPECT_FALSE(saved.tokenizer_from_config);
   const Tokenizer tokenizer = Tokenizer::load(saved.tokenizer);
   const MlmDataset valid(tokenizer, dataset_options(saved.config, "valid"));
   const MlmEvaluation e = evaluate_mlm(saved.model, valid, saved.config.eval.max_batches);
@@ -477,6 +478,11 @@ TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
   ASSERT_EQ(e.languages.size(), 4u);
   EXPECT_EQ(e.languages[0].language, "de");
   EXPECT_GT(e.languages[0].tokens, 0);
+  // Without the run's copy the config's tokenizer is used, and the caller is told so.
+  fs::remove(runs.file("run/tokenizer.model"));
+  const SavedModel fallback = load_saved_model(runs.file("run"));
+  EXPECT_TRUE(fallback.tokenizer_from_config);
+  EXPECT_EQ(fallback.tokenizer, dir_->file("tok/spm.model"));
 }
 
 TEST(TrainingState, ModuleStateRoundTripsAndRejectsMissingOrForeignTensors) {

@@ -21,7 +21,8 @@ SavedModel load_saved_model(const std::string& path) {
   // <run>/checkpoints/step-N.safetensors → <run>/tokenizer.model
   const fs::path beside = fs::path(saved.checkpoint).parent_path().parent_path() / "tokenizer.model";
   std::error_code ec;
-  saved.tokenizer = fs::is_regular_file(beside, ec) ? beside.string() : saved.config.data.tokenizer;
+  saved.tokenizer_from_config = !fs::is_regular_file(beside, ec);
+  saved.tokenizer = saved.tokenizer_from_config ? saved.config.data.tokenizer : beside.string();
   const Tokenizer tokenizer = Tokenizer::load(saved.tokenizer);
   saved.model = MoEEncoder(encoder_options(saved.config, tokenizer.vocab_size()));
   load_module_state(*saved.model, c.tensors, c.path);

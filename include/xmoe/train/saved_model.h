@@ -14,6 +14,9 @@ struct SavedModel {
   int64_t step = 0;
   PretrainConfig config;       // the config saved in the checkpoint
   std::string tokenizer;       // <run>/tokenizer.model when present, else config.data.tokenizer
+  /// True when <run>/tokenizer.model is missing and config.data.tokenizer is used instead: it may
+  /// no longer be the model the run trained with (callers warn).
+  bool tokenizer_from_config = false;
   MoEEncoder model{nullptr};   // in evaluation mode
 };
 
