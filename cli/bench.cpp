@@ -159,7 +159,9 @@ void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = bench->add_subcommand(
       "layer", "Time forward + backward of one MoE layer and its bare GEMM limit (JSON line)");
-  cmd->add_option("--tokens", args->tokens, "Tokens T")->capture_default_str()->check(kPositive);
+  cmd->add_option("--tokens", args->tokens, "Tokens T")
+      ->capture_default_str()
+      ->check(int_in(1, 1 << 24));
   cmd->add_option("--d-model", args->d_model, "Model width d")->capture_default_str()->check(kPositive);
   cmd->add_option("--d-ff", args->d_ff, "Expert hidden width")->capture_default_str()->check(kPositive);
   cmd->add_option("--experts", args->experts, "Experts E")->capture_default_str()->check(kPositive);

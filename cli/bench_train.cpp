@@ -118,6 +118,11 @@ void run_bench_train(const BenchTrainArgs& a) {
   const int64_t seq_len = a.seq_len > 0 ? a.seq_len : config.data.max_len;
   const int64_t batch_seqs = a.batch_seqs > 0 ? a.batch_seqs
                                               : std::max<int64_t>(1, config.data.batch_tokens / seq_len);
+  // The same bounds as data.max_len and data.batch_tokens of a config (docs/pretraining.md).
+  if (seq_len > (1 << 16) || batch_seqs * seq_len > (1 << 24))
+    throw std::invalid_argument("--batch-seqs × --seq-len = " + std::to_string(batch_seqs) + " × " +
+                                std::to_string(seq_len) + ": at most 65536 per sequence and 2^24 "
+                                "tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
   EncoderOptions eo = encoder_options(config, a.vocab);
@@ -226,8 +231,13 @@ void register_bench_train(CLI::App& bench) {
   cmd->add_option("--warmup", args->warmup, "Untimed steps first")
       ->capture_default_str()
       ->check(int_in(0, kMaxBenchSteps));
-  cmd->add_option("--batch-seqs", args->batch_seqs, "Sequences per batch (0 = data.batch_tokens / seq_len)")->capture_default_str()->check(kNonNegative);
-  cmd->add_option("--seq-len", args->seq_len, "Sequence length (0 = data.max_len)")->capture_default_str()->check(kNonNegative);
+  cmd->add_option("--batch-seqs", args->batch_seqs,
+                  "Sequences per batch (0 = data.batch_tokens / seq_len)")
+      ->capture_default_str()
+      ->check(int_in(0, 1 << 24));
+  cmd->add_option("--seq-len", args->seq_len, "Sequence length (0 = data.max_len)")
+      ->capture_default_str()
+      ->check(int_in(0, 1 << 16));
   cmd->add_option("--vocab", args->vocab, "Vocabulary size (no tokenizer is read)")->capture_default_str()->check(kPositive);
   cmd->add_option("--seed", args->seed, "Seed of the synthetic batches")->capture_default_str();
   cmd->add_option("--profile", args->profile,

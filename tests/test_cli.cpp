@@ -787,16 +787,20 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "bench layer --d-model abc",       "corpus build --jobs 2000",
       "--threads 100000 demo",           "bench layer --warmup 2147483647 --iters 2",
       "bench layer --iters 2147483647",  "bench train --config x.json --steps 1000000",
-      "corpus build --languages ''"};
+      "corpus build --languages ''",
+      "bench train --config x.json --seq-len 100000",
+      "bench layer --tokens 500000000"};
   const std::vector<std::string> expected = {
-      "--tokens: must be > 0 (got 0)",          "--threads: must be in [1, 256] (got 0)",
+      "--tokens: must be in [1, 16777216] (got 0)",          "--threads: must be in [1, 256] (got 0)",
       "--experts: must be in [2, 4096] (got 1)", "--warmup: must be in [0, 100000] (got -1)",
       "--d-model: 'abc' is not a number",       "--jobs: must be in [1, 1024] (got 2000)",
       "--threads: must be in [1, 256] (got 100000)",
       "--warmup: must be in [0, 100000] (got 2147483647)",
       "--iters: must be in [1, 100000] (got 2147483647)",
       "--steps: must be in [1, 10000] (got 1000000)",
-      "--languages: must not be empty"};
+      "--languages: must not be empty",
+      "--seq-len: must be in [0, 65536] (got 100000)",
+      "--tokens: must be in [1, 16777216] (got 500000000)"};
   const std::vector<CliResult> r = run_cli_all(dir, args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     ASSERT_TRUE(r[i].exited) << r[i].args;
