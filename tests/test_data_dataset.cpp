@@ -359,6 +359,26 @@ TEST_F(DataDatasetTest, TokenCacheIsWrittenReusedAndInvalidated) {
   EXPECT_EQ(fourth.loaded_from_cache(), (std::vector<bool>{true, false, true, true}));
   EXPECT_EQ(fourth.line_counts()[1], 41);
 
+  // Other text of the same size and modification time (as cp -p or rsync -a leave it): the
+  // content hash sees it, and it is re-encoded.
+  const std::string de = corpus_file(copy, "valid", "de");
+  const auto mtime = fs::last_write_time(de);
+  std::string text = xmoe_test::read_file(de);
+  text[0] = text[0] == 'X' ? 'Y' : 'X';
+  xmoe_test::write_file(de, text);
+  fs::last_write_time(de, mtime);
+  const MlmDataset fifth(*tokenizer_, opts);
+  EXPECT_EQ(fifth.loaded_from_cache(), (std::vector<bool>{false, true, true, true}));
+
+  // A cache that cannot be written (its folder is a file) costs the speed-up, with a warning.
+  const std::string blocked = dir_->file("blocked_cache");
+  xmoe_test::write_file(blocked, "a file, not a folder");
+  ::testing::internal::CaptureStderr();
+  const MlmDataset uncached(*tokenizer_, MlmDatasetOptions(opts).cache_dir(blocked));
+  const std::string warning = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(uncached.sequences(1).ids, fifth.sequences(1).ids);
+  EXPECT_TRUE(Contains(warning, "warning: cannot write the token cache")) << warning;
+
   // By default the cache lives beside the tokenizer model: <model minus .model>.cache/.
   const MlmDataset beside(*tokenizer_, opts.cache_dir(""));
   EXPECT_TRUE(fs::is_directory(dir_->file("tok/spm.cache")));

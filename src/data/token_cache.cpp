@@ -12,25 +12,39 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
+#include <vector>
 
 namespace xmoe {
 namespace {
 
-constexpr char kMagic[8] = {'X', 'M', 'O', 'E', 'I', 'D', 'S', '1'};
+constexpr char kMagic[8] = {'X', 'M', 'O', 'E', 'I', 'D', 'S', '2'};
 constexpr size_t kChunkLines = 8192;
 
 struct CacheKey {
   uint64_t fingerprint = 0;
   uint64_t text_size = 0;
   int64_t text_mtime_ns = 0;
+  uint64_t text_hash = 0;  // FNV-1a of the text: cp -p, rsync -a or tar keep size and mtime
   bool operator==(const CacheKey& o) const {
     return fingerprint == o.fingerprint && text_size == o.text_size &&
-           text_mtime_ns == o.text_mtime_ns;
+           text_mtime_ns == o.text_mtime_ns && text_hash == o.text_hash;
   }
 };
+
+uint64_t hash_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open corpus file");
+  std::vector<char> buffer(1 << 20);
+  uint64_t h = data_detail::kFnvOffset;
+  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0)
+    h = data_detail::fnv1a(buffer.data(), static_cast<size_t>(in.gcount()), h);
+  if (in.bad()) throw std::runtime_error(path + ": error reading corpus file");
+  return h;
+}
 
 CacheKey key_of(const Tokenizer& tokenizer, const std::string& text_path) {
   struct stat st {};
@@ -41,6 +55,7 @@ CacheKey key_of(const Tokenizer& tokenizer, const std::string& text_path) {
   key.fingerprint = tokenizer.fingerprint();
   key.text_size = static_cast<uint64_t>(st.st_size);
   key.text_mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  key.text_hash = hash_file(text_path);
   return key;
 }
 
@@ -67,14 +82,15 @@ bool read_cache(const std::string& cache_path, const CacheKey& want, EncodedLine
   uint64_t n_lines = 0, n_ids = 0;
   if (!in.read(magic, 8) || std::memcmp(magic, kMagic, 8) != 0) return false;
   if (!read_pod(in, &key.fingerprint) || !read_pod(in, &key.text_size) ||
-      !read_pod(in, &key.text_mtime_ns) || !read_pod(in, &n_lines) || !read_pod(in, &n_ids)) {
+      !read_pod(in, &key.text_mtime_ns) || !read_pod(in, &key.text_hash) ||
+      !read_pod(in, &n_lines) || !read_pod(in, &n_ids)) {
     return false;
   }
   if (!(key == want)) return false;
   // Sizes must match the file before anything is allocated.
   std::error_code ec;
   const auto file_size = std::filesystem::file_size(cache_path, ec);
-  const uint64_t header = 8 + 5 * sizeof(uint64_t);
+  const uint64_t header = 8 + 6 * sizeof(uint64_t);
   if (ec || n_lines > file_size || n_ids > file_size ||
       file_size != header + (n_lines + 1) * sizeof(int64_t) + n_ids * sizeof(int32_t) +
                        sizeof(uint64_t)) {
@@ -107,6 +123,7 @@ void write_cache(const std::string& cache_path, const CacheKey& key, const Encod
     write_pod(out, key.fingerprint);
     write_pod(out, key.text_size);
     write_pod(out, key.text_mtime_ns);
+    write_pod(out, key.text_hash);
     write_pod(out, static_cast<uint64_t>(lines.n_lines()));
     write_pod(out, static_cast<uint64_t>(lines.ids.size()));
     out.write(reinterpret_cast<const char*>(lines.offsets.data()),
@@ -184,8 +201,13 @@ EncodedLines encode_lines_cached(const Tokenizer& tokenizer, const std::string& 
   // concurrent change makes the next run re-encode rather than trust stale ids.
   try {
     write_cache(cache_path, key, lines);
-  } catch (const std::exception&) {
-    // A read-only model directory only costs the speed-up.
+  } catch (const std::exception& e) {
+    // A read-only model directory only costs the speed-up; say so once per process.
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      std::cerr << "xmoe: warning: cannot write the token cache (" << e.what()
+                << "); the corpus is encoded again on every run\n";
+    });
   }
   return lines;
 }

@@ -2,15 +2,16 @@
 // binary cache file so that a second run skips the tokenization.
 //
 // Cache file (little-endian):
-//   bytes 0-7    magic "XMOEIDS1"
+//   bytes 0-7    magic "XMOEIDS2"
 //   u64          tokenizer fingerprint (FNV-1a of the .model bytes, Tokenizer::fingerprint())
 //   u64          size of the text file in bytes
 //   i64          modification time of the text file, nanoseconds since the epoch
+//   u64          FNV-1a of the text file's bytes (copies keep size and mtime)
 //   u64          n_lines, u64 n_ids
 //   u64 × (n_lines + 1)   offsets (line i = ids[offsets[i] .. offsets[i+1]))
 //   i32 × n_ids           ids
 //   u64          FNV-1a of the offsets and ids bytes
-// A cache whose key (fingerprint, size, mtime) differs from the current tokenizer and text
+// A cache whose key (fingerprint, size, mtime, text hash) differs from the current tokenizer and text
 // file, or that is truncated or fails its checksum, is ignored and rewritten (atomically).
 #pragma once
 
