@@ -440,6 +440,13 @@ TEST_F(DataDatasetTest, BadOptionsAndMissingFilesAreReported) {
   const std::string empty = dir_->file("empty_corpus");
   xmoe_test::write_corpus(empty, "train", {{"en", 0}, {"de", 0}}, 1);
   EXPECT_TRUE(Contains(error(MlmDatasetOptions(empty).use_cache(false)), "no language has any text"));
+
+  // A <lang>.txt that is a dangling link is named, not skipped (the language would vanish).
+  const std::string dangling = dir_->file("dangling_corpus");
+  xmoe_test::write_corpus(dangling, "train", {{"en", 3}}, 1);
+  fs::create_symlink(dir_->file("nowhere.txt"), dangling + "/train/de.txt");
+  EXPECT_TRUE(Contains(error(MlmDatasetOptions(dangling).use_cache(false)),
+                       dangling + "/train/de.txt: not a readable corpus file"));
 }
 
 }  // namespace

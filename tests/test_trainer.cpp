@@ -337,6 +337,16 @@ TEST_F(TrainerTest, LanguageWithoutTrainingTextIsRefused) {
   });
   EXPECT_TRUE(Contains(message, runs.file("corpus/train/uk.txt") + ": no training text in language 'uk'"));
   EXPECT_FALSE(fs::exists(runs.file("run/config.json")));
+
+  // All languages (data.languages empty) are those with a training file; a language with only
+  // validation text is warned about.
+  fs::remove(runs.file("corpus/train/uk.txt"));
+  fs::remove(runs.file("corpus/train/zh.txt"));
+  ::testing::internal::CaptureStderr();
+  train(config({"data.corpus=\"" + runs.file("corpus") + "\"", "train.steps=1", "train.warmup_steps=0"}),
+        runs.file("run"));
+  const std::string warning = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(Contains(warning, runs.file("corpus/valid/zh.txt") + " has no training file"));
 }
 
 // A checkpoint renamed to another step's name would resume at one step and then be overwritten

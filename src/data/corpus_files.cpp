@@ -25,9 +25,13 @@ std::vector<std::string> list_corpus_languages(const std::string& corpus_dir,
   }
   std::vector<std::string> languages;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_regular_file() && entry.path().extension() == ".txt") {
-      languages.push_back(entry.path().stem().string());
-    }
+    if (entry.path().extension() != ".txt") continue;
+    // A <lang>.txt that is a dangling link or a folder would drop the language without a word.
+    std::error_code status_ec;
+    if (!entry.is_regular_file(status_ec))
+      throw std::runtime_error(entry.path().string() + ": not a readable corpus file (a dangling " +
+                               "link or a folder?)");
+    languages.push_back(entry.path().stem().string());
   }
   if (ec) throw std::runtime_error(dir.string() + ": cannot list directory: " + ec.message());
   if (languages.empty()) {

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -207,6 +208,14 @@ void Trainer::build(const std::string& tokenizer) {
           ": no training text in language '" + train_data_->languages()[l] +
           "'; rebuild the corpus with a source that has it, or list the other languages in "
           "data.languages");
+  if (config_.data.languages.empty()) {  // all languages: those with a training file
+    const std::vector<std::string>& trained = train_data_->languages();
+    for (const std::string& l : list_corpus_languages(config_.data.corpus, "valid"))
+      if (std::find(trained.begin(), trained.end(), l) == trained.end())
+        std::cerr << "xmoe pretrain: warning: " << corpus_file(config_.data.corpus, "valid", l)
+                  << " has no training file " << corpus_file(config_.data.corpus, "train", l)
+                  << ": language '" << l << "' is neither trained nor validated\n";
+  }
   // "All languages" becomes the explicit list, so the saved config names the languages that
   // probe and metrics indices refer to, and validation uses the same list in the same order.
   config_.data.languages = train_data_->languages();

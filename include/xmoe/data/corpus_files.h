@@ -17,9 +17,9 @@ namespace xmoe {
 std::string corpus_file(const std::string& corpus_dir, const std::string& split,
                         const std::string& language);
 
-/// The languages of a split: the stems of the regular "*.txt" files in <corpus>/<split>,
-/// sorted by name. Throws std::runtime_error naming the directory when it does not exist or
-/// holds no .txt file.
+/// The languages of a split: the stems of the "*.txt" files in <corpus>/<split>, sorted by
+/// name. Throws std::runtime_error naming the directory when it does not exist or holds no .txt
+/// file, and naming the entry when a "*.txt" is not a regular file (a dangling link, a folder).
 std::vector<std::string> list_corpus_languages(const std::string& corpus_dir,
                                                const std::string& split);
 
