@@ -120,9 +120,9 @@ void run_bench_train(const BenchTrainArgs& a) {
                                               : std::max<int64_t>(1, config.data.batch_tokens / seq_len);
   // The same bounds as data.max_len and data.batch_tokens of a config (docs/pretraining.md).
   if (seq_len > (1 << 16) || batch_seqs * seq_len > (1 << 24))
-    throw std::invalid_argument("--batch-seqs × --seq-len = " + std::to_string(batch_seqs) + " × " +
-                                std::to_string(seq_len) + ": at most 65536 per sequence and 2^24 "
-                                "tokens per batch");
+    throw std::invalid_argument("--batch-seqs × --seq-len = " + std::to_string(batch_seqs) +
+                                " × " + std::to_string(seq_len) + ": at most 65536 per sequence "
+                                "and 2^24 tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
   EncoderOptions eo = encoder_options(config, a.vocab);

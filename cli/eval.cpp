@@ -33,7 +33,8 @@ void run_eval(const EvalArgs& a) {
   if (!a.corpus.empty()) config.data.corpus = a.corpus;
   if (saved.tokenizer_from_config)
     std::cerr << "xmoe eval: warning: no tokenizer.model in the checkpoint's run directory; using "
-              << saved.tokenizer << " from its config (it must be the model the run trained with)\n";
+              << saved.tokenizer
+              << " from its config (it must be the model the run trained with)\n";
   const Tokenizer tokenizer = Tokenizer::load(saved.tokenizer);
   const MlmDataset data(tokenizer, dataset_options(config, a.split));
   MlmEvaluation e;

@@ -11,8 +11,9 @@
 //   u64 × (n_lines + 1)   offsets (line i = ids[offsets[i] .. offsets[i+1]))
 //   i32 × n_ids           ids
 //   u64          FNV-1a of the offsets and ids bytes
-// A cache whose key (fingerprint, size, mtime, text hash) differs from the current tokenizer and text
-// file, or that is truncated or fails its checksum, is ignored and rewritten (atomically).
+// A cache whose key (fingerprint, size, mtime, text hash) differs from the current tokenizer
+// and text file, or that is truncated or fails its checksum, is ignored and rewritten
+// (atomically).
 #pragma once
 
 #include "xmoe/data/tokenizer.h"
