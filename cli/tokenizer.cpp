@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "validators.h"
 
+#include "xmoe/data/corpus_files.h"
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/data/tokenizer_trainer.h"
 
@@ -106,6 +107,9 @@ void run_train(const TokenizerTrainArgs& a) {
 // `where` names the text in errors: "the text" or "stdin line N".
 void print_encoded(const Tokenizer& tokenizer, const std::string& text, bool pieces,
                    const std::string& where) {
+  if (text.size() > kMaxLineBytes)  // SentencePiece needs ~200 bytes of memory per byte
+    throw std::invalid_argument(where + " is " + std::to_string(text.size()) +
+                                " bytes; encode at most 1 MiB at a time");
   // SentencePiece would turn the bytes into <unk> without a word.
   const size_t bad = invalid_utf8_offset(text);
   if (bad != std::string::npos)

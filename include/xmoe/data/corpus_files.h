@@ -6,6 +6,7 @@
 // line-by-line scan (a trailing '\r' is dropped; empty lines are passed on, callers skip them).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -23,8 +24,12 @@ std::string corpus_file(const std::string& corpus_dir, const std::string& split,
 std::vector<std::string> list_corpus_languages(const std::string& corpus_dir,
                                                const std::string& split);
 
-/// Calls `visit(line_number, line)` (0-based) for every line of `path`, in order.
-/// Throws std::runtime_error naming the file when it cannot be opened or read.
+/// The longest corpus line (one paragraph), in bytes.
+inline constexpr size_t kMaxLineBytes = size_t{1} << 20;
+
+/// Calls `visit(line_number, line)` (0-based) for every line of `path`, in order (a trailing
+/// '\r' removed). Throws std::runtime_error naming the file when it cannot be opened or read,
+/// and the file and line for a line longer than kMaxLineBytes.
 void for_each_line(const std::string& path,
                    const std::function<void(int64_t, const std::string&)>& visit);
 
