@@ -407,8 +407,16 @@ TEST_F(TrainerTest, ResumingWithNothingToTrainLeavesTheRunAsItWas) {
   const auto before = snapshot();
   for (const char* steps : {"train.steps=4", "train.steps=2"}) {
     SCOPED_TRACE(steps);
+    ::testing::internal::CaptureStderr();
     const TrainResult again =
         train(config({steps, "train.warmup_steps=1"}), runs.file("run"), /*resume=*/true);
+    const std::string said = ::testing::internal::GetCapturedStderr();
+    // Quiet (progress off): a finished run says nothing; train.steps below the run's step is
+    // a request not carried out, and is said.
+    const bool below = std::string(steps) == "train.steps=2";
+    EXPECT_EQ(said.find("is at step 4 and train.steps is 2: nothing to train") != std::string::npos,
+              below)
+        << said;
     EXPECT_TRUE(again.finished);
     EXPECT_EQ(again.step, 4);
     EXPECT_EQ(again.checkpoint, first.checkpoint);

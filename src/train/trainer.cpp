@@ -493,8 +493,9 @@ TrainResult Trainer::run() {
     }
     if (resume_from->step >= config_.train.steps) {
       // A finished run resumed (as scripts/demo.sh does on a re-run), or train.steps set below
-      // the run's step: nothing to train, and the run directory stays exactly as it is.
-      if (options_.progress)
+      // the run's step: nothing to train, and the run directory stays exactly as it is. A
+      // train.steps below the run's step is a request that is not carried out: said even quietly.
+      if (options_.progress || resume_from->step > config_.train.steps)
         std::cerr << "xmoe pretrain: " << options_.run_dir << " is at step " << resume_from->step
                   << " and train.steps is " << config_.train.steps
                   << ": nothing to train (raise train.steps to continue)\n";
