@@ -205,6 +205,14 @@ TEST_F(TrainerTest, RefusesToOverwriteARunOrResumeWithAnotherConfig) {
   }
   // More steps may be added on resume.
   EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1"}), runs.file("run"), true).step, 3);
+  // The config is compared before any data is read: the difference is named even when the
+  // given config's corpus does not exist, and a finished run needs no data at all.
+  const std::string gone = "data.corpus=\"/nonexistent/corpus\"";
+  EXPECT_TRUE(Contains(xmoe_test::error_message<std::runtime_error>([&] {
+                         train(config({"model.d_ff=48", gone}), runs.file("run"), true);
+                       }),
+                       "the config differs from the checkpoint's at 'model.d_ff'"));
+  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1", gone}), runs.file("run"), true).step, 3);
 }
 
 TEST_F(TrainerTest, CorruptCheckpointIsReportedWithItsPath) {

@@ -473,16 +473,21 @@ TrainResult Trainer::run() {
     throw std::runtime_error(options_.run_dir + " already holds a run with checkpoints: pass "
                              "--resume to continue it, or choose another output directory");
   }
-  build(tokenizer_path(options_.resume));
+  std::string saved_config;
   if (resume_from) {
     const auto saved = resume_from->metadata.find("config");
     if (saved == resume_from->metadata.end())
       throw FileFormatError(resume_from->path + ": the checkpoint has no 'config' metadata");
-    // Parsed first so that a damaged config names the checkpoint, then compared.
-    const std::string saved_config =
-        parse_pretrain_config(saved->second, resume_from->path + " (config metadata)").to_json();
+    // Parsed first so that a damaged config names the checkpoint, then compared — before any
+    // data is read, so that resuming with another config names the difference first. "All
+    // languages" (an empty list) stands for the list the run resolved; the data state checks it.
+    const PretrainConfig saved_parsed =
+        parse_pretrain_config(saved->second, resume_from->path + " (config metadata)");
+    saved_config = saved_parsed.to_json();
+    PretrainConfig compared = config_;
+    if (compared.data.languages.empty()) compared.data.languages = saved_parsed.data.languages;
     const std::string diff =
-        first_json_difference(run_identity(saved_config), run_identity(config_.to_json()));
+        first_json_difference(run_identity(saved_config), run_identity(compared.to_json()));
     if (!diff.empty()) {
       std::string schedule;
       for (const char* key : kScheduleKeys) schedule += std::string(", train.") + key;
@@ -506,6 +511,9 @@ TrainResult Trainer::run() {
       done.checkpoint = resume_from->path;
       return done;
     }
+  }
+  build(tokenizer_path(options_.resume));
+  if (resume_from) {
     const json before = json::parse(saved_config).at("train");
     const json now = json::parse(config_.to_json()).at("train");
     for (const char* key : kScheduleKeys) {  // a deliberate change: say so, it ends bit-identity
