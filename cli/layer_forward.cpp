@@ -5,6 +5,7 @@
 
 #include "xmoe/io/layer_config.h"
 #include "xmoe/io/safetensors.h"
+#include "xmoe/kernels/nonfinite.h"
 #include "xmoe/moe/moe_layer.h"
 
 #include <ATen/ATen.h>
@@ -142,7 +143,7 @@ void run_layer_forward(const LayerForwardArgs& args) {
   // parity file of inf/NaN would compare as a mismatch, or not at all; refuse it instead.
   for (const auto& [name, t] : result) {
     if (!t.is_floating_point()) continue;
-    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    const int64_t bad = kernels::count_nonfinite(t);
     if (bad > 0)
       throw std::runtime_error("the layer's result '" + name + "' has " + std::to_string(bad) +
                                " non-finite value(s): the weights or input overflow " +

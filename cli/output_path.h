@@ -17,11 +17,8 @@ inline void refuse_output_over_input(
   namespace fs = std::filesystem;
   for (const auto& [option, path] : inputs) {
     if (path.empty()) continue;
-    std::error_code ec;
-    const bool same = fs::exists(out, ec)
-                          ? fs::equivalent(out, path, ec)
-                          : fs::weakly_canonical(out, ec) == fs::weakly_canonical(path, ec);
-    if (same)
+    std::error_code ec;  // false when either is missing: a new file replaces no input
+    if (fs::equivalent(out, path, ec))
       throw std::invalid_argument("--out " + out + " is the " + option +
                                   " file: writing it would replace the input; choose another path");
   }

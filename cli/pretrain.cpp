@@ -72,9 +72,7 @@ int run_pretrain(const PretrainArgs& a) {
                                   "with --config FILE --out " + a.out);
   }
   PretrainConfig config = load_pretrain_config(config_path, a.set);
-  // As the trainer saves them (config.json), so that the print-out shows what is saved.
-  config.data.corpus = fs::absolute(config.data.corpus).lexically_normal().string();
-  config.data.tokenizer = fs::absolute(config.data.tokenizer).lexically_normal().string();
+  make_data_paths_absolute(config);  // the print-out shows what the run saves
   TrainerOptions options;
   options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
   options.resume = a.resume;

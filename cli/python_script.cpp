@@ -17,35 +17,7 @@ namespace xmoe::cli {
 
 namespace {
 bool is_file(const std::string& path) { return !path.empty() && access(path.c_str(), R_OK) == 0; }
-}  // namespace
 
-std::string find_script(const std::string& relative) {
-  const std::string file_name = relative.substr(relative.find_last_of('/') + 1);
-  std::vector<std::string> candidates;
-  if (const char* dir = std::getenv("XMOE_SCRIPTS_DIR"); dir != nullptr && *dir != '\0') {
-    candidates.push_back(std::string(dir) + "/" + relative);
-    candidates.push_back(std::string(dir) + "/" + file_name);
-  }
-#ifdef XMOE_SOURCE_DIR
-  candidates.push_back(std::string(XMOE_SOURCE_DIR) + "/scripts/" + relative);
-#endif
-  std::vector<char> exe(4096, '\0');
-  const ssize_t n = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
-  if (n > 0) {
-    std::string dir(exe.data(), static_cast<size_t>(n));
-    dir = dir.substr(0, dir.find_last_of('/'));
-    candidates.push_back(dir + "/../scripts/" + relative);
-    candidates.push_back(dir + "/../share/xmoe/scripts/" + relative);
-  }
-  for (const std::string& c : candidates)
-    if (is_file(c)) return c;
-  std::string tried;
-  for (const std::string& c : candidates) tried += "\n  " + c;
-  throw std::runtime_error("cannot find scripts/" + relative +
-                           " (set XMOE_SCRIPTS_DIR to the scripts folder); tried:" + tried);
-}
-
-namespace {
 std::atomic<pid_t> g_child{0};
 
 // SIGINT/SIGTERM sent to xmoe alone (kill, a job runner's timeout) are passed on to the child,
@@ -78,6 +50,32 @@ class ForwardSignals {
   struct sigaction old_int_ {}, old_term_ {};
 };
 }  // namespace
+
+std::string find_script(const std::string& relative) {
+  const std::string file_name = relative.substr(relative.find_last_of('/') + 1);
+  std::vector<std::string> candidates;
+  if (const char* dir = std::getenv("XMOE_SCRIPTS_DIR"); dir != nullptr && *dir != '\0') {
+    candidates.push_back(std::string(dir) + "/" + relative);
+    candidates.push_back(std::string(dir) + "/" + file_name);
+  }
+#ifdef XMOE_SOURCE_DIR
+  candidates.push_back(std::string(XMOE_SOURCE_DIR) + "/scripts/" + relative);
+#endif
+  std::vector<char> exe(4096, '\0');
+  const ssize_t n = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+  if (n > 0) {
+    std::string dir(exe.data(), static_cast<size_t>(n));
+    dir = dir.substr(0, dir.find_last_of('/'));
+    candidates.push_back(dir + "/../scripts/" + relative);
+    candidates.push_back(dir + "/../share/xmoe/scripts/" + relative);
+  }
+  for (const std::string& c : candidates)
+    if (is_file(c)) return c;
+  std::string tried;
+  for (const std::string& c : candidates) tried += "\n  " + c;
+  throw std::runtime_error("cannot find scripts/" + relative +
+                           " (set XMOE_SCRIPTS_DIR to the scripts folder); tried:" + tried);
+}
 
 int run_process(const std::vector<std::string>& args) {
   std::vector<char*> argv;

@@ -115,14 +115,10 @@ MoELayerOptions parse_layer_config(const std::string& json_text, const std::stri
       if (it != optional_keys().end()) it->second(options, item.value(), source);
     }
     options.validate();
+  } catch (const OptionError& e) {  // a config file's reader knows keys, not C++ classes
+    config_error(source, e.option_message());
   } catch (const std::invalid_argument& e) {
-    // "xmoe::RouterOptions (layer 'moe'): top_k = 9 must be ..." → "top_k = 9 must be ...":
-    // a config file's reader knows keys, not the C++ option classes.
-    std::string message = e.what();
-    const size_t end_of_class = message.find("): ");
-    if (message.rfind("xmoe::", 0) == 0 && end_of_class != std::string::npos)
-      message = message.substr(end_of_class + 3);
-    config_error(source, message);
+    config_error(source, e.what());
   }
   return options;
 }

@@ -43,7 +43,7 @@ RouterOptions MoELayerOptions::router_options() const {
 
 void MoELayerOptions::validate() const {
   auto fail = [&](const std::string& m) {
-    throw std::invalid_argument("xmoe::MoELayerOptions (layer '" + name_ + "'): " + m);
+    throw OptionError("xmoe::MoELayerOptions (layer '" + name_ + "')", m);
   };
   auto non_negative = [&](const char* key, double v) {
     if (!(std::isfinite(v) && v >= 0))

@@ -59,7 +59,7 @@ double RouterOptions::resolved_temperature_init() const {
 namespace {
 
 [[noreturn]] void bad_option(const std::string& layer, const std::string& message) {
-  throw std::invalid_argument("xmoe::RouterOptions (layer '" + layer + "'): " + message);
+  throw OptionError("xmoe::RouterOptions (layer '" + layer + "')", message);
 }
 
 bool finite_positive(double v) { return std::isfinite(v) && v > 0; }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <set>
@@ -322,6 +323,12 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
 PretrainConfig load_pretrain_config(const std::string& path,
                                     const std::vector<std::string>& overrides) {
   return parse_pretrain_config(read_text_file(path, "pre-training config"), path, overrides);
+}
+
+void make_data_paths_absolute(PretrainConfig& config) {
+  namespace fs = std::filesystem;
+  config.data.corpus = fs::absolute(config.data.corpus).lexically_normal().string();
+  config.data.tokenizer = fs::absolute(config.data.tokenizer).lexically_normal().string();
 }
 
 nlohmann::json run_identity(const std::string& resolved_config_json) {

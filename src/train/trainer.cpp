@@ -110,10 +110,7 @@ class Trainer {
  public:
   Trainer(const PretrainConfig& config, const TrainerOptions& options)
       : config_(config), options_(options) {
-    // The saved config names the data by absolute path: resume, eval and analysis then find it
-    // from any working directory.
-    config_.data.corpus = fs::absolute(config_.data.corpus).lexically_normal().string();
-    config_.data.tokenizer = fs::absolute(config_.data.tokenizer).lexically_normal().string();
+    make_data_paths_absolute(config_);  // as config.json and the checkpoints save them
   }
 
   TrainResult run();

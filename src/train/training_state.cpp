@@ -35,7 +35,8 @@ void copy_checked(at::Tensor& target, const TensorMap& tensors, const std::strin
   if (it->second.is_floating_point() && !at::isfinite(it->second).all().item<bool>())
     fail_training_state(path, "tensor '" + name + "' holds non-finite values (NaN or inf)");
   target.copy_(it->second);
-  if (target.is_floating_point() && !at::isfinite(target).all().item<bool>())
+  if (target.is_floating_point() && target.scalar_type() != it->second.scalar_type() &&
+      !at::isfinite(target).all().item<bool>())
     fail_training_state(path, "tensor '" + name + "' does not fit in " +
                                   c10::str(target.scalar_type()) + " (values overflow to inf)");
 }

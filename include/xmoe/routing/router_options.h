@@ -6,10 +6,24 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace xmoe {
+
+/// Thrown by the options' validate(). what() names the options class and the layer
+/// ("xmoe::RouterOptions (layer 'moe'): top_k = 9 must be in [1, n_expert = 8]");
+/// option_message() is the part after it, for readers of config files, which know keys.
+class OptionError : public std::invalid_argument {
+ public:
+  OptionError(const std::string& owner, const std::string& option_message)
+      : std::invalid_argument(owner + ": " + option_message), option_message_(option_message) {}
+  const std::string& option_message() const { return option_message_; }
+
+ private:
+  std::string option_message_;
+};
 
 /// How router logits become gate weights.
 enum class GateKind { kSoftmax, kSigmoid };

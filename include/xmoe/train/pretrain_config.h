@@ -93,6 +93,10 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
 PretrainConfig load_pretrain_config(const std::string& path,
                                     const std::vector<std::string>& overrides = {});
 
+/// data.corpus and data.tokenizer as absolute, normalised paths (relative to the working
+/// directory), as a run saves them: resume, eval and analysis then find the data from anywhere.
+void make_data_paths_absolute(PretrainConfig& config);
+
 /// train.* keys that may change on resume: the learning-rate schedule and clipping. Lowering the
 /// rate is how a diverged run goes on from its last good checkpoint; the rate is a function of
 /// the step and AdamW's moments carry over, so nothing else has to be reset.
