@@ -53,7 +53,10 @@ XMOE_VEC_INLINE float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2ⁿ, n ∈ [−126, 127]
+  // 2ⁿ, n ∈ [−126, 127]. A NaN x leaves n NaN, whose int conversion is undefined (and came out
+  // as INT_MIN, shifted left as a negative number): it takes n = 0 and p carries the NaN.
+  const float n_finite = n == n ? n : 0.0f;
+  const int32_t bits = (static_cast<int32_t>(n_finite) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
