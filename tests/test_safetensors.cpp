@@ -320,6 +320,54 @@ TEST_F(SafetensorsTest, RejectsTruncatedFile) {
   expect_format_error(path, {"'weights'", "beyond the data section"});
 }
 
+// Every truncation of a valid file, and every byte of it replaced by values that matter to a
+// JSON parser or to the length prefix, is either read or refused with a FileFormatError naming
+// the file: no other exception, no crash (the sanitizer build checks out-of-bounds reads).
+TEST_F(SafetensorsTest, EveryTruncationAndByteMutationIsReadOrRefused) {
+  const std::string path = file("mutated.safetensors");
+  xmoe::save_safetensors(path,
+                         {{"a", at::arange(6, at::kFloat).reshape({2, 3})},
+                          {"b", at::arange(2, at::kLong)}},
+                         {{"k", "v"}});
+  const std::string bytes = read_file(path);
+  ASSERT_GT(bytes.size(), 64u);
+
+  for (size_t length = 0; length < bytes.size(); ++length) {
+    SCOPED_TRACE("truncated to " + std::to_string(length) + " bytes");
+    write_file(path, bytes.substr(0, length));
+    expect_format_error(path, {});
+  }
+
+  int loaded = 0;
+  int refused = 0;
+  for (size_t at_byte = 0; at_byte < bytes.size(); ++at_byte) {
+    const unsigned char original = static_cast<unsigned char>(bytes[at_byte]);
+    const unsigned char flipped = original ^ 0x01u;
+    for (const unsigned char value : std::initializer_list<unsigned char>{
+             0x00, 0x01, 0x20, 0x22, 0x2c, 0x30, 0x39, 0x5b, 0x7d, 0x80, 0xff, flipped}) {
+      if (value == original) continue;
+      std::string mutated = bytes;
+      mutated[at_byte] = static_cast<char>(value);
+      write_file(path, mutated);
+      try {
+        const TensorMap tensors = xmoe::load_safetensors(path);
+        for (const auto& [name, tensor] : tensors) {
+          ASSERT_TRUE(tensor.is_contiguous()) << name;
+        }
+        ++loaded;
+      } catch (const FileFormatError& e) {
+        ASSERT_EQ(std::string(e.what()).rfind(path, 0), 0u) << e.what();
+        ++refused;
+      } catch (const std::exception& e) {
+        FAIL() << "byte " << at_byte << " set to " << int{value} << ": " << e.what();
+      }
+    }
+  }
+  // Data bytes may take any value; the length prefix and most header bytes may not.
+  EXPECT_GT(loaded, 0);
+  EXPECT_GT(refused, loaded);
+}
+
 TEST_F(SafetensorsTest, RequireTensor) {
   const at::Tensor w = at::ones({2}, at::kFloat);
   const TensorMap tensors{{"w", w}};

@@ -3,6 +3,8 @@
 // copies before LibTorch's libprotobuf.
 #include "spm_api.h"
 
+#include "xmoe/util/sanitizer.h"
+
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -30,6 +32,23 @@ std::string executable_dir() {
   return slash == std::string::npos ? "" : path.substr(0, slash);
 }
 
+// dlopen() itself, or, in an AddressSanitizer build, glibc's dlopen behind ASan's interceptor:
+// the interceptor refuses RTLD_DEEPBIND because a deep-bound library would reach libc's malloc
+// instead of ASan's. Built with -DXMOE_SANITIZE=address, the shim links libasan first,
+// which then heads its deep-bound lookup scope: its malloc is still ASan's.
+void* open_private(const std::string& path) {
+  constexpr int kFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#if XMOE_ADDRESS_SANITIZER
+  using Dlopen = void* (*)(const char*, int);
+  static const Dlopen libc_dlopen = [] {
+    void* libc = ::dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    return libc != nullptr ? reinterpret_cast<Dlopen>(::dlsym(libc, "dlopen")) : nullptr;
+  }();
+  if (libc_dlopen != nullptr) return libc_dlopen(path.c_str(), kFlags);
+#endif
+  return ::dlopen(path.c_str(), kFlags);
+}
+
 const Api* load_api() {
   // $XMOE_SPM_LIBRARY, then beside the executable, then the build tree, then the loader path.
   std::vector<std::string> candidates;
@@ -43,7 +62,7 @@ const Api* load_api() {
 
   std::string tried;
   for (const auto& path : candidates) {
-    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* handle = open_private(path);
     if (handle == nullptr) {
       const char* why = ::dlerror();
       tried += "\n  " + path + ": " + (why != nullptr ? why : "cannot load");
