@@ -296,7 +296,11 @@ PretrainConfig parse_pretrain_config(const std::string& json_text, const std::st
       std::vector<std::string> known;
       for (const Field& f : fields())
         if (f.section == section) known.push_back(f.name);
-      for (const auto& [key, value] : root[section].items()) {
+      for (const auto& item : root[section].items()) {
+        // Named references, not a structured binding: C++17 does not let a lambda capture one
+        // (GCC accepts it, Clang refuses).
+        const std::string& key = item.key();
+        const json& value = item.value();
         auto it = std::find_if(fields().begin(), fields().end(), [&](const Field& f) {
           return f.section == section && f.name == key;
         });
