@@ -122,7 +122,7 @@ TEST(Encoder, BadOptionsNameTheField) {
   EXPECT_THROW(MoEEncoder(EncoderOptions(20, 30, 2, 4, 64)), std::invalid_argument);  // 30 % 4
   EXPECT_THROW(MoEEncoder(tiny(20, {2})), std::invalid_argument);                     // no layer 2
   try {
-    MoEEncoder(EncoderOptions(20, 32, 2, 4, 64).moe_layers({1}));
+    MoEEncoder model(EncoderOptions(20, 32, 2, 4, 64).moe_layers({1}));
     FAIL();
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("MoE options"), std::string::npos) << e.what();

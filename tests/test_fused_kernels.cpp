@@ -15,6 +15,7 @@
 #include "../src/kernels/vec_math.h"  // private to the kernels; its exp is tested here
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -268,7 +268,7 @@ TEST_F(RunAnalysisTest, DifferentLayoutsOrProbeTokensSkipWithAWarning) {
 }
 
 TEST_F(RunAnalysisTest, WrittenFilesReadBack) {
-  const RunAnalysis a = analyze_runs({run("a"), run("b"), run("dense")}, quiet(/*points=*/50));
+  const RunAnalysis a = analyze_runs({run("a"), run("b"), run("dense")}, quiet(/*token_map_points=*/50));
   TempDir out("xmoe_run_analysis_out");
   const std::string dir = out.file("analysis");
   fs::create_directories(dir);
