@@ -118,11 +118,12 @@ void run_bench_train(const BenchTrainArgs& a) {
   const int64_t seq_len = a.seq_len > 0 ? a.seq_len : config.data.max_len;
   const int64_t batch_seqs = a.batch_seqs > 0 ? a.batch_seqs
                                               : std::max<int64_t>(1, config.data.batch_tokens / seq_len);
-  // The same bounds as data.max_len and data.batch_tokens of a config (docs/pretraining.md).
-  if (seq_len > (1 << 16) || batch_seqs * seq_len > (1 << 24))
+  // The bound of data.batch_tokens (docs/pretraining.md); seq_len is bounded by --seq-len's
+  // check and data.max_len's.
+  if (batch_seqs * seq_len > (1 << 24))
     throw std::invalid_argument("--batch-seqs × --seq-len = " + std::to_string(batch_seqs) +
-                                " × " + std::to_string(seq_len) + ": at most 65536 per sequence "
-                                "and 2^24 tokens per batch");
+                                " × " + std::to_string(seq_len) +
+                                ": at most 2^24 tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
   EncoderOptions eo = encoder_options(config, a.vocab);

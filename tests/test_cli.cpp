@@ -791,7 +791,8 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "bench train --config x.json --seq-len 100000",
       "bench layer --tokens 500000000"};
   const std::vector<std::string> expected = {
-      "--tokens: must be in [1, 16777216] (got 0)",          "--threads: must be in [1, 256] (got 0)",
+      "--tokens: must be in [1, 16777216] (got 0)",
+      "--threads: must be in [1, 256] (got 0)",
       "--experts: must be in [2, 4096] (got 1)", "--warmup: must be in [0, 100000] (got -1)",
       "--d-model: 'abc' is not a number",       "--jobs: must be in [1, 1024] (got 2000)",
       "--threads: must be in [1, 256] (got 100000)",

@@ -452,7 +452,8 @@ TEST_F(DataDatasetTest, BadOptionsAndMissingFilesAreReported) {
   // A line beyond 1 MiB (SentencePiece would need ~200× its size in memory) is named.
   const std::string long_line = dir_->file("long_line_corpus");
   xmoe_test::write_corpus(long_line, "train", {{"en", 3}}, 1);
-  std::ofstream(long_line + "/train/en.txt", std::ios::app) << std::string((1 << 20) + 1, 'a') << "\n";
+  std::ofstream(long_line + "/train/en.txt", std::ios::app)
+      << std::string((1 << 20) + 1, 'a') << "\n";
   EXPECT_TRUE(Contains(error(MlmDatasetOptions(long_line).use_cache(false)),
                        long_line + "/train/en.txt: line 4 is 1048577 bytes"));
 }

@@ -268,7 +268,8 @@ TEST_F(RunAnalysisTest, DifferentLayoutsOrProbeTokensSkipWithAWarning) {
 }
 
 TEST_F(RunAnalysisTest, WrittenFilesReadBack) {
-  const RunAnalysis a = analyze_runs({run("a"), run("b"), run("dense")}, quiet(/*token_map_points=*/50));
+  const RunAnalysis a =
+      analyze_runs({run("a"), run("b"), run("dense")}, quiet(/*token_map_points=*/50));
   TempDir out("xmoe_run_analysis_out");
   const std::string dir = out.file("analysis");
   fs::create_directories(dir);
@@ -465,15 +466,17 @@ TEST_F(RunAnalysisTest, CliReportLinksOnlyImagesThatExist) {
   EXPECT_EQ(bad.code, 1);
   EXPECT_TRUE(Contains(bad.err, "make_report.py failed"));
   // Into the folder of the good report: that report stays exactly as it was, no staging left.
-  std::map<std::string, std::string> before;
-  for (const auto& e : fs::recursive_directory_iterator(out))
-    if (e.is_regular_file()) before[e.path().string()] = xmoe_test::read_file(e.path().string());
+  const auto files_in_out = [&] {
+    std::map<std::string, std::string> files;  // path -> bytes
+    for (const auto& e : fs::recursive_directory_iterator(out))
+      if (e.is_regular_file()) files[e.path().string()] = xmoe_test::read_file(e.path().string());
+    return files;
+  };
+  const std::map<std::string, std::string> before = files_in_out();
   const Cli over = run_cli(tmp, "report " + quote(tmp.file("nometrics")) + " --out " + quote(out));
   EXPECT_EQ(over.code, 1);
   EXPECT_TRUE(Contains(over.err, out + " is as it was"));
-  std::map<std::string, std::string> after;
-  for (const auto& e : fs::recursive_directory_iterator(out))
-    if (e.is_regular_file()) after[e.path().string()] = xmoe_test::read_file(e.path().string());
+  const std::map<std::string, std::string> after = files_in_out();
   EXPECT_EQ(after.size(), before.size());
   EXPECT_TRUE(after == before);
 }

@@ -212,7 +212,9 @@ TEST_F(TrainerTest, RefusesToOverwriteARunOrResumeWithAnotherConfig) {
                          train(config({"model.d_ff=48", gone}), runs.file("run"), true);
                        }),
                        "the config differs from the checkpoint's at 'model.d_ff'"));
-  EXPECT_EQ(train(config({"train.steps=3", "train.warmup_steps=1", gone}), runs.file("run"), true).step, 3);
+  EXPECT_EQ(
+      train(config({"train.steps=3", "train.warmup_steps=1", gone}), runs.file("run"), true).step,
+      3);
 }
 
 TEST_F(TrainerTest, CorruptCheckpointIsReportedWithItsPath) {
@@ -351,7 +353,8 @@ TEST_F(TrainerTest, LanguageWithoutTrainingTextIsRefused) {
   fs::remove(runs.file("corpus/train/uk.txt"));
   fs::remove(runs.file("corpus/train/zh.txt"));
   ::testing::internal::CaptureStderr();
-  train(config({"data.corpus=\"" + runs.file("corpus") + "\"", "train.steps=1", "train.warmup_steps=0"}),
+  train(config({"data.corpus=\"" + runs.file("corpus") + "\"", "train.steps=1",
+                "train.warmup_steps=0"}),
         runs.file("run"));
   const std::string warning = ::testing::internal::GetCapturedStderr();
   EXPECT_TRUE(Contains(warning, runs.file("corpus/valid/zh.txt") + " has no training file"));
