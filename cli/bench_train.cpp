@@ -136,7 +136,7 @@ void run_bench_train(const BenchTrainArgs& a) {
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
   const TrainConfig& t = config.train;
-  const std::unique_ptr<torch::optim::AdamW> optimizer_ptr = make_optimizer(model, t);
+  const std::unique_ptr<torch::optim::AdamW> optimizer_ptr = make_optimizer(model->parameters(), t);
   torch::optim::AdamW& optimizer = *optimizer_ptr;
   const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
 

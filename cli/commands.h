@@ -11,6 +11,7 @@ void register_bench_train(CLI::App& bench);  // cli/bench_train.cpp, under `benc
 void register_corpus(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_finetune(CLI::App& app);
 void register_layer_init(CLI::App& app);
 void register_layer_forward(CLI::App& app);
 void register_pretrain(CLI::App& app);

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   xmoe::cli::register_corpus(app);
   xmoe::cli::register_demo(app);
   xmoe::cli::register_eval(app);
+  xmoe::cli::register_finetune(app);
   xmoe::cli::register_layer_init(app);
   xmoe::cli::register_layer_forward(app);
   xmoe::cli::register_pretrain(app);

@@ -8,7 +8,8 @@
 
 namespace xmoe {
 
-SavedModel load_saved_model(const std::string& path) {
+SavedModel load_saved_model(const std::string& path,
+                            const std::function<void(PretrainConfig&)>& adjust) {
   namespace fs = std::filesystem;
   SavedModel saved;
   saved.checkpoint = resolve_checkpoint(path);
@@ -18,6 +19,7 @@ SavedModel load_saved_model(const std::string& path) {
   if (config == c.metadata.end())
     throw FileFormatError(c.path + ": the checkpoint has no 'config' metadata");
   saved.config = parse_pretrain_config(config->second, c.path + " (config metadata)");
+  if (adjust) adjust(saved.config);
   // <run>/checkpoints/step-N.safetensors → <run>/tokenizer.model
   const fs::path beside = fs::path(saved.checkpoint).parent_path().parent_path() / "tokenizer.model";
   std::error_code ec;

@@ -16,6 +16,8 @@
 #include "xmoe/train/training_state.h"
 #include "xmoe/util/atomic_file.h"
 
+#include "metric_values.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/optim/adamw.h>
@@ -69,9 +71,10 @@ void seed_run_randomness(MoEEncoder& model, uint64_t seed) {
       model->layers()[i]->moe()->router().reseed(seed * 1000003ULL + 7919ULL * i);
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const TrainConfig& t) {
+std::unique_ptr<torch::optim::AdamW> make_optimizer(const std::vector<at::Tensor>& parameters,
+                                                    const TrainConfig& t) {
   std::vector<at::Tensor> decay, no_decay;
-  for (const auto& p : model->parameters())
+  for (const auto& p : parameters)
     if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto adamw = [&](double weight_decay) {
     return std::make_unique<torch::optim::AdamWOptions>(
@@ -91,13 +94,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
+using train_detail::Clock;
 
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+using train_detail::finite_or_null;
+using train_detail::seconds_since;
 
 struct Accumulated {  // training statistics since the last "train" line
   double loss = 0, mlm = 0, aux = 0;
@@ -222,7 +222,7 @@ void Trainer::build(const std::string& tokenizer) {
   // Initialisation depends on model.init_seed only; every run-time random stream on train.seed,
   // so runs that differ only in train.seed start from the same weights.
   seed_run_randomness(model_, config_.train.seed);
-  optimizer_ = make_optimizer(model_, config_.train);
+  optimizer_ = make_optimizer(model_->parameters(), config_.train);
 }
 
 void Trainer::restore(const Checkpoint& c) {

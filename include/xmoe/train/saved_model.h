@@ -5,6 +5,7 @@
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/pretrain_config.h"
 
+#include <functional>
 #include <string>
 
 namespace xmoe {
@@ -22,6 +23,10 @@ struct SavedModel {
 
 /// Loads the checkpoint `path` (a file, or a run directory: its newest checkpoint). Throws
 /// xmoe::FileFormatError / std::runtime_error naming the file for anything missing or corrupt.
-SavedModel load_saved_model(const std::string& path);
+/// `adjust`, when given, edits the saved config before the model is built: options that leave
+/// the parameters as they are (fine-tuning's aux-loss coefficients); SavedModel::config is the
+/// edited config.
+SavedModel load_saved_model(const std::string& path,
+                            const std::function<void(PretrainConfig&)>& adjust = {});
 
 }  // namespace xmoe

@@ -25,6 +25,7 @@
 #include <memory>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace xmoe {
 
@@ -42,9 +43,10 @@ MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::strin
 /// each MoE router's own generator. Initial weights are left alone (they come from init_seed).
 void seed_run_randomness(MoEEncoder& model, uint64_t seed);
 
-/// AdamW over the trainable parameters: decoupled weight decay on matrices and embeddings
-/// (dim >= 2) only, none on biases, norms and other 1-D parameters.
-std::unique_ptr<torch::optim::AdamW> make_optimizer(MoEEncoder& model, const TrainConfig& t);
+/// AdamW over the trainable ones of `parameters` (requires_grad): decoupled weight decay on
+/// matrices and embeddings (dim >= 2) only, none on biases, norms and other 1-D parameters.
+std::unique_ptr<torch::optim::AdamW> make_optimizer(const std::vector<at::Tensor>& parameters,
+                                                    const TrainConfig& t);
 
 /// Drops every parameter's gradient (PyTorch's zero_grad(set_to_none=True); LibTorch 1.13's
 /// Optimizer::zero_grad fills zeros instead). The next backward then stores fresh gradients

@@ -1,0 +1,103 @@
+// xmoe finetune: cross-lingual fine-tuning of a pre-trained encoder on the help-topic task
+// (train on one language, evaluate zero-shot on every language; docs/finetuning.md).
+//   xmoe finetune --checkpoint RUN_DIR|FILE --out DIR [--corpus DIR] [--train-language en]
+//                 [--languages en,de,...] [--steps N] [--batch-size N] [--lr X]
+//                 [--no-freeze-routing] [--aux-coef X] [--seed N] [--json] ...
+#include "commands.h"
+#include "validators.h"
+
+#include "xmoe/train/finetune.h"
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+namespace xmoe::cli {
+
+namespace {
+
+struct FinetuneArgs {
+  FinetuneOptions options;
+  double aux_coef = -1;  // < 0: not given
+  bool quiet = false, json = false;
+};
+
+void run_finetune(FinetuneArgs& a) {
+  FinetuneOptions& o = a.options;
+  if (a.aux_coef >= 0) o.aux_coef = a.aux_coef;
+  o.progress = !a.quiet && !a.json;
+  const FinetuneResult r = finetune(o);
+  if (a.json) {
+    std::cout << r.to_json().dump() << "\n";
+    return;
+  }
+  std::printf("fine-tuned %lld steps on %s; model %s\n", static_cast<long long>(r.steps),
+              r.train_language.c_str(), r.checkpoint.c_str());
+  std::printf("%-10s %9s %10s %10s %10s %10s\n", "language", "examples", "valid acc", "test acc",
+              "test F1", "");
+  for (size_t i = 0; i < r.test.size(); ++i) {
+    const TopicScores& v = r.valid[i];
+    const TopicScores& t = r.test[i];
+    std::printf("%-10s %9lld %10.3f %10.3f %10.3f %10s\n", t.language.c_str(),
+                static_cast<long long>(t.examples), v.accuracy, t.accuracy, t.macro_f1,
+                t.language == r.train_language ? "(trained)" : "zero-shot");
+  }
+  std::printf("zero-shot test accuracy (mean over %zu languages): %.3f\n",
+              r.test.size() > 0 ? r.test.size() - 1 : 0, r.zero_shot_test_accuracy);
+  std::printf("results: %s/results.json\n", o.out.c_str());
+}
+
+}  // namespace
+
+void register_finetune(CLI::App& app) {
+  auto args = std::make_shared<FinetuneArgs>();
+  FinetuneOptions& o = args->options;
+  CLI::App* cmd = app.add_subcommand(
+      "finetune", "Cross-lingual fine-tuning of a pre-trained encoder on the help-topic task: "
+                  "train on one language, test zero-shot on all (docs/finetuning.md)");
+  cmd->add_option("--checkpoint", o.checkpoint,
+                  "Pre-training checkpoint file, or a run directory (its newest checkpoint)")
+      ->required();
+  cmd->add_option("--out", o.out, "Output directory (must not hold a fine-tuned model yet)")
+      ->required();
+  cmd->add_option("--corpus", o.corpus,
+                  "Corpus built with --keys (default: the pre-training run's corpus)");
+  cmd->add_option("--train-language", o.train_language, "Language to fine-tune on (default: en)")
+      ->check(kNonEmpty);
+  cmd->add_option("--languages", o.languages,
+                  "Languages to evaluate, comma-separated (default: every language with test keys)")
+      ->delimiter(',')
+      ->check(kNonEmpty);
+  cmd->add_option("--steps", o.steps, "Optimizer steps (default: 300)")->check(kPositive);
+  cmd->add_option("--batch-size", o.batch_size, "Paragraphs per step (default: 32)")
+      ->check(kPositive);
+  cmd->add_option("--lr", o.lr, "Peak learning rate (default: 1e-4)")->check(kPositive);
+  cmd->add_option("--warmup-ratio", o.warmup_ratio,
+                  "Share of the steps spent warming up (default: 0.1)")
+      ->check(number_in(0, 1, "in [0, 1]", "[0, 1]"));
+  cmd->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (default: 0.01)")
+      ->check(kNonNegative);
+  cmd->add_option("--clip-norm", o.clip_norm, "Gradient-norm clipping, 0 = off (default: 1)")
+      ->check(kNonNegative);
+  cmd->add_option("--max-len", o.max_len,
+                  "Ids per paragraph, [CLS] and [SEP] included (default 0: the model's max_len)")
+      ->check(kNonNegative);
+  cmd->add_flag("--freeze-routing,!--no-freeze-routing", o.freeze_routing,
+                "Keep every router and expert parameter fixed (default: on; SPEC §5)");
+  cmd->add_option("--aux-coef", args->aux_coef,
+                  "Coefficient of the load-balancing losses (default: the pre-training one)")
+      ->check(kNonNegative);
+  cmd->add_option("--seed", o.seed, "Seed of the head, data order, dropout (default: 1)");
+  cmd->add_option("--eval-every", o.eval_every,
+                  "Validate every N steps, 0 = only at the end (default: 100)")
+      ->check(kNonNegative);
+  cmd->add_option("--log-every", o.log_every, "Train line every N steps (default: 10)")
+      ->check(kPositive);
+  cmd->add_flag("--quiet", args->quiet, "No progress or validation lines");
+  cmd->add_flag("--json", args->json, "Print the results as one JSON line (implies --quiet)");
+  cmd->callback([args] { run_finetune(*args); });
+}
+
+}  // namespace xmoe::cli

@@ -1,0 +1,458 @@
+#include "xmoe/train/finetune.h"
+
+#include "xmoe/data/tokenizer.h"
+#include "xmoe/kernels/cross_entropy.h"
+#include "xmoe/routing/router.h"
+#include "xmoe/train/checkpoint.h"
+#include "xmoe/train/fused_adamw.h"
+#include "xmoe/train/lr_schedule.h"
+#include "xmoe/train/metrics_log.h"
+#include "xmoe/train/progress.h"
+#include "xmoe/train/saved_model.h"
+#include "xmoe/train/trainer.h"
+#include "xmoe/train/training_state.h"
+#include "xmoe/util/atomic_file.h"
+
+#include "metric_values.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+namespace xmoe {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using train_detail::Clock;
+
+using train_detail::finite_or_null;
+using train_detail::seconds_since;
+
+/// The [CLS] state of every row: hidden [B, L, d] → [B, d].
+at::Tensor cls_state(const EncoderOutput& out) { return out.hidden.select(1, 0); }
+
+json scores_json(const std::vector<TopicScores>& scores) {
+  json j = json::object();
+  for (const TopicScores& s : scores)
+    j[s.language] = {{"examples", s.examples}, {"loss", finite_or_null(s.loss)},
+                     {"accuracy", s.accuracy}, {"macro_f1", s.macro_f1}};
+  return j;
+}
+
+double mean_accuracy(const std::vector<TopicScores>& scores, const std::string& except) {
+  double sum = 0;
+  int64_t n = 0;
+  for (const TopicScores& s : scores)
+    if (s.language != except && s.examples > 0) sum += s.accuracy, ++n;
+  return n > 0 ? sum / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
+}
+
+// Top-1 expert of every real token of `data` per MoE layer (evaluation mode, file order): what
+// fine-tuning does to the routing is measured against the pre-trained model's choices.
+std::vector<at::Tensor> top1_experts(MoEEncoder& encoder, const TopicSplit& data,
+                                     int64_t batch_size) {
+  const bool was_training = encoder->is_training();
+  encoder->eval();
+  at::NoGradGuard no_grad;
+  std::vector<std::vector<at::Tensor>> parts;
+  for (size_t first = 0; first < data.examples.size(); first += batch_size) {
+    std::vector<int64_t> rows(std::min<size_t>(batch_size, data.examples.size() - first));
+    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(first));
+    const EncoderOutput out = encoder->encode(make_topic_batch(data.examples, rows).ids);
+    parts.resize(out.moe.size());
+    for (size_t i = 0; i < out.moe.size(); ++i)
+      parts[i].push_back(out.moe[i].routing.expert_ids.select(1, 0));
+  }
+  encoder->train(was_training);
+  std::vector<at::Tensor> experts;
+  for (auto& p : parts) experts.push_back(at::cat(p));
+  return experts;
+}
+
+class Finetuner {
+ public:
+  explicit Finetuner(FinetuneOptions options) : o_(std::move(options)) {}
+  FinetuneResult run();
+
+ private:
+  void load();
+  void train_step();
+  void log_train();
+  void validate();
+  std::vector<TopicScores> evaluate_all(const std::vector<TopicSplit>& splits);
+  std::string save();
+
+  FinetuneOptions o_;
+  SavedModel saved_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ClassificationHead head_{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<MetricsLog> metrics_;
+  TopicSplit train_;
+  std::vector<TopicSplit> valid_, test_;
+  std::vector<std::string> languages_;
+  std::vector<at::Tensor> initial_routing_;  // top-1 experts of the train language's valid set
+  const TopicSplit* routing_probe_ = nullptr;
+  std::vector<int64_t> order_;
+  size_t cursor_ = 0;
+  std::mt19937_64 shuffle_rng_;
+  int64_t step_ = 0, warmup_ = 0, tokens_ = 0;
+  double lr_ = 0, grad_norm_ = 0;
+  // Since the last train line.
+  double loss_sum_ = 0, task_sum_ = 0, aux_sum_ = 0, seconds_ = 0;
+  int64_t logged_steps_ = 0, logged_tokens_ = 0, correct_ = 0, seen_ = 0;
+};
+
+void Finetuner::load() {
+  saved_ = load_saved_model(o_.checkpoint, [&](PretrainConfig& c) {
+    if (c.moe && o_.aux_coef)
+      c.moe->balance_coef(*o_.aux_coef).importance_coef(*o_.aux_coef).load_coef(*o_.aux_coef);
+  });
+  if (o_.corpus.empty()) o_.corpus = saved_.config.data.corpus;
+  const int64_t model_len = saved_.model->options().max_len();
+  if (o_.max_len == 0) o_.max_len = model_len;
+  if (o_.max_len > model_len)
+    throw std::invalid_argument("max_len " + std::to_string(o_.max_len) + " exceeds the model's " +
+                                std::to_string(model_len) + " positions (" + saved_.checkpoint + ")");
+  if (saved_.tokenizer_from_config && o_.progress)
+    std::cerr << "xmoe finetune: warning: no tokenizer.model beside " << saved_.checkpoint
+              << "; using " << saved_.tokenizer << " from its config\n";
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(saved_.tokenizer));
+
+  train_ = load_topic_split(o_.corpus, "train", o_.train_language, *tokenizer_, o_.max_len);
+  if (train_.examples.empty())
+    throw std::runtime_error(corpus_keys_file(o_.corpus, "train", o_.train_language) +
+                             ": no paragraph of a help-topic class (" +
+                             std::to_string(train_.lines) + " lines); the task needs the "
+                             "libreoffice source in the corpus");
+  languages_ = o_.languages.empty() ? list_topic_languages(o_.corpus, "test") : o_.languages;
+  if (std::find(languages_.begin(), languages_.end(), o_.train_language) == languages_.end())
+    languages_.insert(languages_.begin(), o_.train_language);
+  for (const std::string& l : languages_) {
+    valid_.push_back(load_topic_split(o_.corpus, "valid", l, *tokenizer_, o_.max_len));
+    test_.push_back(load_topic_split(o_.corpus, "test", l, *tokenizer_, o_.max_len));
+  }
+  routing_probe_ = &valid_[std::find(languages_.begin(), languages_.end(), o_.train_language) -
+                           languages_.begin()];
+  if (o_.progress) {
+    std::cerr << "xmoe finetune: " << saved_.checkpoint << " (step " << saved_.step << "), "
+              << train_.examples.size() << " " << o_.train_language << " training paragraphs of "
+              << help_topic_classes().size() << " classes; evaluating";
+    for (size_t i = 0; i < languages_.size(); ++i)
+      std::cerr << " " << languages_[i] << " (" << test_[i].examples.size() << ")";
+    std::cerr << "\n";
+  }
+
+  MoEEncoder& model = saved_.model;
+  initial_routing_ = top1_experts(model, *routing_probe_, o_.batch_size);
+  seed_run_randomness(model, o_.seed);
+  head_ = ClassificationHead(model->options().d_model(),
+                             static_cast<int64_t>(help_topic_classes().size()),
+                             saved_.config.model.dropout, o_.seed);
+  model->freeze_routing(o_.freeze_routing);
+  model->train();
+  head_->train();
+  std::vector<at::Tensor> parameters = model->parameters();
+  for (const at::Tensor& p : head_->parameters()) parameters.push_back(p);
+  TrainConfig t = saved_.config.train;
+  t.lr = o_.lr;
+  t.weight_decay = o_.weight_decay;
+  optimizer_ = make_optimizer(parameters, t);
+  warmup_ = static_cast<int64_t>(std::llround(o_.warmup_ratio * static_cast<double>(o_.steps)));
+  shuffle_rng_.seed(o_.seed);
+  order_.resize(train_.examples.size());
+}
+
+void Finetuner::train_step() {
+  const auto t0 = Clock::now();
+  if (cursor_ == 0) {  // a new pass over the training paragraphs
+    std::iota(order_.begin(), order_.end(), 0);
+    std::shuffle(order_.begin(), order_.end(), shuffle_rng_);
+  }
+  const size_t n = std::min<size_t>(o_.batch_size, order_.size() - cursor_);
+  const std::vector<int64_t> rows(order_.begin() + cursor_, order_.begin() + cursor_ + n);
+  cursor_ = cursor_ + n == order_.size() ? 0 : cursor_ + n;
+  const TopicBatch batch = make_topic_batch(train_.examples, rows);
+
+  const int64_t next = step_ + 1;
+  auto fail = [&](const std::string& what) {
+    return std::runtime_error("fine-tuning step " + std::to_string(next) + ": " + what +
+                              "; lower --lr or raise --warmup-ratio");
+  };
+  EncoderOutput out;
+  try {
+    out = saved_.model->encode(batch.ids);
+  } catch (const NonFiniteRoutingError& e) {
+    throw fail(e.what());
+  }
+  const at::Tensor logits = head_->forward(cls_state(out));
+  const at::Tensor task = kernels::cross_entropy(logits, batch.labels);
+  const at::Tensor loss = task + out.aux_loss;
+  const double task_value = task.item<double>(), aux_value = out.aux_loss.item<double>();
+  if (!std::isfinite(task_value) || !std::isfinite(aux_value))
+    throw fail("the loss is not finite (task " + std::to_string(task_value) + ", aux " +
+               std::to_string(aux_value) + ")");
+  loss.backward();
+  lr_ = learning_rate_at(step_, o_.lr, warmup_, o_.steps, 0.0);
+  for (auto& group : optimizer_->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_);
+  const double max_norm = o_.clip_norm > 0 ? o_.clip_norm : std::numeric_limits<double>::infinity();
+  grad_norm_ = clipped_adamw_step(*optimizer_, max_norm);
+  if (!std::isfinite(grad_norm_)) throw fail("the gradient norm is not finite");
+  clear_gradients(*saved_.model);
+  clear_gradients(*head_);
+
+  step_ = next;
+  tokens_ += batch.tokens;
+  loss_sum_ += task_value + aux_value;
+  task_sum_ += task_value;
+  aux_sum_ += aux_value;
+  correct_ += logits.argmax(1).eq(batch.labels).sum().item<int64_t>();
+  seen_ += static_cast<int64_t>(n);
+  logged_tokens_ += batch.tokens;
+  ++logged_steps_;
+  seconds_ += seconds_since(t0);
+}
+
+void Finetuner::log_train() {
+  const auto steps = static_cast<double>(logged_steps_);
+  metrics_->write({{"kind", "train"},
+                   {"step", step_},
+                   {"loss", loss_sum_ / steps},
+                   {"task_loss", task_sum_ / steps},
+                   {"aux_loss", aux_sum_ / steps},
+                   {"train_accuracy", static_cast<double>(correct_) / static_cast<double>(seen_)},
+                   {"lr", lr_},
+                   {"grad_norm", grad_norm_},
+                   {"tokens", tokens_},
+                   {"tokens_per_s", seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0}});
+  loss_sum_ = task_sum_ = aux_sum_ = seconds_ = 0;
+  logged_steps_ = logged_tokens_ = correct_ = seen_ = 0;
+}
+
+std::vector<TopicScores> Finetuner::evaluate_all(const std::vector<TopicSplit>& splits) {
+  std::vector<TopicScores> scores;
+  for (const TopicSplit& s : splits)
+    scores.push_back(evaluate_topic(saved_.model, head_, s, std::max<int64_t>(o_.batch_size, 64)));
+  return scores;
+}
+
+void Finetuner::validate() {
+  const std::vector<TopicScores> scores = evaluate_all(valid_);
+  // Share of the train language's validation tokens whose top-1 expert is no longer the
+  // pre-trained model's, per MoE layer.
+  json changed = json::array();
+  const std::vector<at::Tensor> now = top1_experts(saved_.model, *routing_probe_, o_.batch_size);
+  for (size_t i = 0; i < now.size(); ++i)
+    changed.push_back(now[i].numel() == 0 ? json(nullptr)
+                                          : json(now[i].ne(initial_routing_[i])
+                                                     .to(at::kDouble).mean().item<double>()));
+  const double mean = mean_accuracy(scores, "");
+  metrics_->write({{"kind", "valid"},
+                   {"step", step_},
+                   {"valid_accuracy", finite_or_null(mean)},
+                   {"valid_zero_shot_accuracy",
+                    finite_or_null(mean_accuracy(scores, o_.train_language))},
+                   {"languages", scores_json(scores)},
+                   {"routing_changed", changed}});
+  if (!o_.progress) return;
+  std::ostringstream line;
+  line.precision(3);
+  line << "step " << step_ << ": valid accuracy " << mean;
+  for (const TopicScores& s : scores) line << " | " << s.language << " " << s.accuracy;
+  std::cerr << line.str() << "\n";
+}
+
+std::string Finetuner::save() {
+  TensorMap t = module_state(*saved_.model);
+  for (const auto& item : head_->named_parameters()) t["head." + item.key()] = item.value().detach();
+  return write_checkpoint((fs::path(o_.out) / "checkpoints").string(), step_, t,
+                          {{"config", saved_.config.to_json()},
+                           {"finetune", o_.to_json().dump()}},
+                          1);
+}
+
+FinetuneResult Finetuner::run() {
+  o_.validate();
+  // Never mix two fine-tuned models in one directory (the older one would be deleted or kept
+  // in place of the new one).
+  if (!list_checkpoints((fs::path(o_.out) / "checkpoints").string()).empty())
+    throw std::runtime_error(o_.out + " already holds a fine-tuned model (" + o_.out +
+                             "/checkpoints); choose another output directory or remove it");
+  load();  // every input is checked before the output directory is touched
+  fs::create_directories(o_.out);
+  write_file_atomically((fs::path(o_.out) / "config.json").string(), [&](std::ostream& out) {
+    json j = o_.to_json();
+    j["source_step"] = saved_.step;
+    j["languages"] = languages_;
+    out << j.dump(2) << '\n';
+  });
+  metrics_ = std::make_unique<MetricsLog>((fs::path(o_.out) / "metrics.jsonl").string());
+
+  ProgressLine progress(o_.steps, 0);
+  const auto start = Clock::now();
+  while (step_ < o_.steps) {
+    train_step();
+    if (step_ % o_.log_every == 0 || step_ == o_.steps) {
+      const double loss = loss_sum_ / static_cast<double>(logged_steps_);
+      const double tokens_per_s = seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0;
+      log_train();
+      if (o_.progress) {
+        std::ostringstream text;
+        text.precision(4);
+        text << "loss " << loss;
+        progress.update(step_, tokens_per_s, text.str());
+      }
+    }
+    if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < o_.steps) {
+      if (o_.progress) progress.finish();
+      validate();
+    }
+  }
+  if (o_.progress) progress.finish();
+  validate();
+
+  FinetuneResult r;
+  r.source = saved_.checkpoint;
+  r.steps = step_;
+  r.train_language = o_.train_language;
+  r.freeze_routing = o_.freeze_routing;
+  r.valid = evaluate_all(valid_);
+  r.test = evaluate_all(test_);
+  r.zero_shot_test_accuracy = mean_accuracy(r.test, o_.train_language);
+  r.checkpoint = save();
+  r.elapsed_s = seconds_since(start);
+  write_file_atomically((fs::path(o_.out) / "results.json").string(),
+                        [&](std::ostream& out) { out << r.to_json().dump(2) << '\n'; });
+  return r;
+}
+
+}  // namespace
+
+void FinetuneOptions::validate() const {
+  auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
+  if (checkpoint.empty()) fail("checkpoint: give a pre-training checkpoint or run directory");
+  if (out.empty()) fail("out: give an output directory");
+  if (train_language.empty()) fail("train_language must not be empty");
+  if (steps <= 0) fail("steps must be > 0, got " + std::to_string(steps));
+  if (batch_size <= 0) fail("batch_size must be > 0, got " + std::to_string(batch_size));
+  if (!(lr > 0 && std::isfinite(lr))) fail("lr must be a finite number > 0");
+  if (!(warmup_ratio >= 0 && warmup_ratio <= 1)) fail("warmup_ratio must be in [0, 1]");
+  if (!(weight_decay >= 0 && std::isfinite(weight_decay))) fail("weight_decay must be >= 0");
+  if (!(clip_norm >= 0 && std::isfinite(clip_norm))) fail("clip_norm must be >= 0");
+  if (max_len != 0 && max_len < 3) fail("max_len must be 0 (the model's) or >= 3");
+  if (aux_coef && !(*aux_coef >= 0 && std::isfinite(*aux_coef))) fail("aux_coef must be >= 0");
+  if (eval_every < 0) fail("eval_every must be >= 0");
+  if (log_every <= 0) fail("log_every must be > 0");
+}
+
+json FinetuneOptions::to_json() const {
+  return {{"checkpoint", checkpoint},
+          {"out", out},
+          {"corpus", corpus},
+          {"train_language", train_language},
+          {"languages", languages},
+          {"steps", steps},
+          {"batch_size", batch_size},
+          {"lr", lr},
+          {"warmup_ratio", warmup_ratio},
+          {"weight_decay", weight_decay},
+          {"clip_norm", clip_norm},
+          {"max_len", max_len},
+          {"freeze_routing", freeze_routing},
+          {"aux_coef", aux_coef ? json(*aux_coef) : json(nullptr)},
+          {"seed", seed},
+          {"eval_every", eval_every},
+          {"log_every", log_every}};
+}
+
+void classification_scores(const std::vector<int64_t>& labels,
+                           const std::vector<int64_t>& predicted, int64_t n_classes,
+                           double* accuracy, double* macro_f1) {
+  if (labels.size() != predicted.size())
+    throw std::invalid_argument("classification_scores: " + std::to_string(labels.size()) +
+                                " labels for " + std::to_string(predicted.size()) + " predictions");
+  std::vector<int64_t> tp(n_classes, 0), fp(n_classes, 0), fn(n_classes, 0);
+  int64_t correct = 0;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const int64_t y = labels[i], p = predicted[i];
+    if (y < 0 || y >= n_classes || p < 0 || p >= n_classes)
+      throw std::invalid_argument("classification_scores: a label or prediction outside [0, " +
+                                  std::to_string(n_classes) + ")");
+    if (y == p) {
+      ++correct, ++tp[y];
+    } else {
+      ++fp[p], ++fn[y];
+    }
+  }
+  double f1_sum = 0;
+  int64_t present = 0;
+  for (int64_t c = 0; c < n_classes; ++c) {
+    if (tp[c] + fp[c] + fn[c] == 0) continue;  // neither a label nor a prediction
+    ++present;
+    f1_sum += 2.0 * static_cast<double>(tp[c]) / static_cast<double>(2 * tp[c] + fp[c] + fn[c]);
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  *accuracy = labels.empty() ? nan : static_cast<double>(correct) / static_cast<double>(labels.size());
+  *macro_f1 = present == 0 ? nan : f1_sum / static_cast<double>(present);
+}
+
+TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
+                           int64_t batch_size) {
+  if (batch_size <= 0) throw std::invalid_argument("evaluate_topic: batch_size must be > 0");
+  const bool encoder_training = encoder->is_training(), head_training = head->is_training();
+  encoder->eval();
+  head->eval();
+  at::NoGradGuard no_grad;
+  TopicScores s;
+  s.language = data.language;
+  s.examples = static_cast<int64_t>(data.examples.size());
+  std::vector<int64_t> labels, predicted;
+  double loss_sum = 0;
+  for (size_t first = 0; first < data.examples.size(); first += batch_size) {
+    std::vector<int64_t> rows(std::min<size_t>(batch_size, data.examples.size() - first));
+    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(first));
+    const TopicBatch batch = make_topic_batch(data.examples, rows);
+    const at::Tensor logits = head->forward(cls_state(encoder->encode(batch.ids)));
+    loss_sum += kernels::cross_entropy(logits, batch.labels).item<double>() *
+                static_cast<double>(rows.size());
+    const at::Tensor p = logits.argmax(1).contiguous();
+    predicted.insert(predicted.end(), p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + p.numel());
+    labels.insert(labels.end(), batch.labels.data_ptr<int64_t>(),
+                  batch.labels.data_ptr<int64_t>() + batch.labels.numel());
+  }
+  encoder->train(encoder_training);
+  head->train(head_training);
+  s.loss = s.examples > 0 ? loss_sum / static_cast<double>(s.examples)
+                          : std::numeric_limits<double>::quiet_NaN();
+  classification_scores(labels, predicted, head->n_classes(), &s.accuracy, &s.macro_f1);
+  return s;
+}
+
+json FinetuneResult::to_json() const {
+  return {{"source", source},
+          {"steps", steps},
+          {"train_language", train_language},
+          {"freeze_routing", freeze_routing},
+          {"classes", help_topic_classes()},
+          {"valid", scores_json(valid)},
+          {"test", scores_json(test)},
+          {"test_zero_shot_accuracy", finite_or_null(zero_shot_test_accuracy)},
+          {"checkpoint", checkpoint},
+          {"elapsed_s", elapsed_s}};
+}
+
+FinetuneResult finetune(const FinetuneOptions& options) { return Finetuner(options).run(); }
+
+}  // namespace xmoe
