@@ -20,6 +20,7 @@ namespace {
 
 struct FinetuneArgs {
   FinetuneOptions options;
+  std::string pooling = "cls";
   double aux_coef = -1;  // < 0: not given
   bool quiet = false, json = false;
 };
@@ -27,6 +28,7 @@ struct FinetuneArgs {
 void run_finetune(FinetuneArgs& a) {
   FinetuneOptions& o = a.options;
   if (a.aux_coef >= 0) o.aux_coef = a.aux_coef;
+  o.pooling = parse_pooling(a.pooling);
   o.progress = !a.quiet && !a.json;
   const FinetuneResult r = finetune(o);
   if (a.json) {
@@ -73,7 +75,7 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--steps", o.steps, "Optimizer steps (default: 300)")->check(kPositive);
   cmd->add_option("--batch-size", o.batch_size, "Paragraphs per step (default: 32)")
       ->check(kPositive);
-  cmd->add_option("--lr", o.lr, "Peak learning rate (default: 1e-4)")->check(kPositive);
+  cmd->add_option("--lr", o.lr, "Peak learning rate (default: 1e-3)")->check(kPositive);
   cmd->add_option("--warmup-ratio", o.warmup_ratio,
                   "Share of the steps spent warming up (default: 0.1)")
       ->check(number_in(0, 1, "in [0, 1]", "[0, 1]"));
@@ -84,6 +86,10 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--max-len", o.max_len,
                   "Ids per paragraph, [CLS] and [SEP] included (default 0: the model's max_len)")
       ->check(kNonNegative);
+  cmd->add_option("--pooling", args->pooling,
+                  "Sentence vector: the [CLS] state, or the mean of the token states "
+                  "(default: cls)")
+      ->check(CLI::IsMember({"cls", "mean"}));
   cmd->add_flag("--freeze-routing,!--no-freeze-routing", o.freeze_routing,
                 "Keep every router and expert parameter fixed (default: on; SPEC §5)");
   cmd->add_option("--aux-coef", args->aux_coef,

@@ -20,20 +20,15 @@ ClassificationHeadImpl::ClassificationHeadImpl(int64_t d_model, int64_t n_classe
   if (!(dropout >= 0.0 && dropout < 1.0))
     throw std::invalid_argument("classification head: dropout must be in [0, 1), got " +
                                 std::to_string(dropout));
-  dense_ = register_module("dense", torch::nn::Linear(d_model, d_model));
   out_ = register_module("out", torch::nn::Linear(d_model, n_classes));
   at::Generator gen = make_generator(seed);
   at::NoGradGuard no_grad;
-  for (torch::nn::Linear* l : {&dense_, &out_}) {
-    (*l)->weight.normal_(0.0, 0.02, gen);
-    (*l)->bias.zero_();
-  }
+  out_->weight.normal_(0.0, 0.02, gen);
+  out_->bias.zero_();
 }
 
-at::Tensor ClassificationHeadImpl::forward(const at::Tensor& h_cls) {
-  at::Tensor x = kernels::dropout(h_cls, dropout_, is_training());
-  x = at::tanh(dense_->forward(x));
-  return out_->forward(kernels::dropout(x, dropout_, is_training()));
+at::Tensor ClassificationHeadImpl::forward(const at::Tensor& h) {
+  return out_->forward(kernels::dropout(h, dropout_, is_training()));
 }
 
 }  // namespace xmoe

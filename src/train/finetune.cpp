@@ -39,8 +39,13 @@ using train_detail::Clock;
 using train_detail::finite_or_null;
 using train_detail::seconds_since;
 
-/// The [CLS] state of every row: hidden [B, L, d] → [B, d].
-at::Tensor cls_state(const EncoderOutput& out) { return out.hidden.select(1, 0); }
+/// The sentence vector of every row, hidden [B, L, d] → [B, d]: the [CLS] state, or the mean of
+/// the states of the real (non-padding) tokens.
+at::Tensor pool(const EncoderOutput& out, const at::Tensor& ids, Pooling pooling) {
+  if (pooling == Pooling::kCls) return out.hidden.select(1, 0);
+  const at::Tensor real = ids.ne(Tokenizer::kPadId).unsqueeze(2).to(out.hidden.scalar_type());
+  return (out.hidden * real).sum(1) / real.sum(1);
+}
 
 json scores_json(const std::vector<TopicScores>& scores) {
   json j = json::object();
@@ -136,15 +141,17 @@ void Finetuner::load() {
                              ": no paragraph of a help-topic class (" +
                              std::to_string(train_.lines) + " lines); the task needs the "
                              "libreoffice source in the corpus");
-  languages_ = o_.languages.empty() ? list_topic_languages(o_.corpus, "test") : o_.languages;
-  if (std::find(languages_.begin(), languages_.end(), o_.train_language) == languages_.end())
-    languages_.insert(languages_.begin(), o_.train_language);
+  // The trained language first, then the others in the order given (or by name).
+  languages_ = {o_.train_language};
+  for (const std::string& l :
+       o_.languages.empty() ? list_topic_languages(o_.corpus, "test") : o_.languages)
+    if (std::find(languages_.begin(), languages_.end(), l) == languages_.end())
+      languages_.push_back(l);
   for (const std::string& l : languages_) {
     valid_.push_back(load_topic_split(o_.corpus, "valid", l, *tokenizer_, o_.max_len));
     test_.push_back(load_topic_split(o_.corpus, "test", l, *tokenizer_, o_.max_len));
   }
-  routing_probe_ = &valid_[std::find(languages_.begin(), languages_.end(), o_.train_language) -
-                           languages_.begin()];
+  routing_probe_ = &valid_.front();
   if (o_.progress) {
     std::cerr << "xmoe finetune: " << saved_.checkpoint << " (step " << saved_.step << "), "
               << train_.examples.size() << " " << o_.train_language << " training paragraphs of "
@@ -196,7 +203,7 @@ void Finetuner::train_step() {
   } catch (const NonFiniteRoutingError& e) {
     throw fail(e.what());
   }
-  const at::Tensor logits = head_->forward(cls_state(out));
+  const at::Tensor logits = head_->forward(pool(out, batch.ids, o_.pooling));
   const at::Tensor task = kernels::cross_entropy(logits, batch.labels);
   const at::Tensor loss = task + out.aux_loss;
   const double task_value = task.item<double>(), aux_value = out.aux_loss.item<double>();
@@ -244,7 +251,7 @@ void Finetuner::log_train() {
 std::vector<TopicScores> Finetuner::evaluate_all(const std::vector<TopicSplit>& splits) {
   std::vector<TopicScores> scores;
   for (const TopicSplit& s : splits)
-    scores.push_back(evaluate_topic(saved_.model, head_, s, std::max<int64_t>(o_.batch_size, 64)));
+    scores.push_back(evaluate_topic(saved_.model, head_, s, o_.pooling, std::max<int64_t>(o_.batch_size, 64)));
   return scores;
 }
 
@@ -371,6 +378,7 @@ json FinetuneOptions::to_json() const {
           {"clip_norm", clip_norm},
           {"max_len", max_len},
           {"freeze_routing", freeze_routing},
+          {"pooling", to_string(pooling)},
           {"aux_coef", aux_coef ? json(*aux_coef) : json(nullptr)},
           {"seed", seed},
           {"eval_every", eval_every},
@@ -409,7 +417,7 @@ void classification_scores(const std::vector<int64_t>& labels,
 }
 
 TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
-                           int64_t batch_size) {
+                           Pooling pooling, int64_t batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("evaluate_topic: batch_size must be > 0");
   const bool encoder_training = encoder->is_training(), head_training = head->is_training();
   encoder->eval();
@@ -424,7 +432,7 @@ TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const 
     std::vector<int64_t> rows(std::min<size_t>(batch_size, data.examples.size() - first));
     std::iota(rows.begin(), rows.end(), static_cast<int64_t>(first));
     const TopicBatch batch = make_topic_batch(data.examples, rows);
-    const at::Tensor logits = head->forward(cls_state(encoder->encode(batch.ids)));
+    const at::Tensor logits = head->forward(pool(encoder->encode(batch.ids), batch.ids, pooling));
     loss_sum += kernels::cross_entropy(logits, batch.labels).item<double>() *
                 static_cast<double>(rows.size());
     const at::Tensor p = logits.argmax(1).contiguous();
@@ -452,6 +460,14 @@ json FinetuneResult::to_json() const {
           {"checkpoint", checkpoint},
           {"elapsed_s", elapsed_s}};
 }
+
+Pooling parse_pooling(const std::string& name) {
+  if (name == "mean") return Pooling::kMean;
+  if (name == "cls") return Pooling::kCls;
+  throw std::invalid_argument("pooling must be \"cls\" or \"mean\", got \"" + name + "\"");
+}
+
+std::string to_string(Pooling pooling) { return pooling == Pooling::kMean ? "mean" : "cls"; }
 
 FinetuneResult finetune(const FinetuneOptions& options) { return Finetuner(options).run(); }
 

@@ -1,8 +1,9 @@
 // Cross-lingual fine-tuning of a pre-trained encoder on the help-topic task (topic_task.h), the
 // engine behind `xmoe finetune` (docs/finetuning.md).
 //
-// The encoder of a pre-training checkpoint gets a classification head on its [CLS] state
-// (classification_head.h) and is trained on one language's train paragraphs with
+// The encoder of a pre-training checkpoint gets a linear classification head
+// (classification_head.h) on a sentence vector — its final [CLS] state (default) or the mean of
+// its final states over the paragraph — and is trained on one language's train paragraphs with
 //
 //   L = CE(logits, label) + Σ_layers aux_loss        (aux coefficients: the pre-training ones, or
 //                                                     aux_coef for every balance-type loss)
@@ -31,6 +32,13 @@
 
 namespace xmoe {
 
+/// The sentence vector the head reads: the final state of the [CLS] position (default, as
+/// XLM-R and the paper fine-tune), or the mean of the final states over the paragraph's tokens.
+/// On the tiny demo-size models both learn the task; [CLS] scored a little higher (docs/finetuning.md).
+enum class Pooling { kCls, kMean };
+Pooling parse_pooling(const std::string& name);  // "cls" | "mean"
+std::string to_string(Pooling pooling);
+
 struct FinetuneOptions {
   std::string checkpoint;       // pre-training checkpoint file or run directory (its newest)
   std::string out;              // output directory
@@ -39,11 +47,12 @@ struct FinetuneOptions {
   std::vector<std::string> languages;  // evaluated; empty = every language with test keys
   int64_t steps = 300;
   int64_t batch_size = 32;      // paragraphs per step
-  double lr = 1e-4;
+  double lr = 1e-3;
   double warmup_ratio = 0.1;    // warmup steps = round(ratio · steps)
   double weight_decay = 0.01;
   double clip_norm = 1.0;       // 0 = no clipping
   int64_t max_len = 0;          // ids per paragraph ([CLS] and [SEP] included); 0 = the model's
+  Pooling pooling = Pooling::kCls;
   bool freeze_routing = true;   // no effect on a dense model
   /// Replaces balance_coef, importance_coef and load_coef of every MoE layer (z-loss unchanged);
   /// unset = the pre-training values. The paper sweeps 0, 1e-3, 1e-2, 1e-1.
@@ -69,7 +78,7 @@ struct TopicScores {
 /// Scores of `head` on top of `encoder` over `data` (evaluation mode, no gradients; modes are
 /// restored). Batches of `batch_size` paragraphs in file order.
 TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
-                           int64_t batch_size);
+                           Pooling pooling, int64_t batch_size);
 
 /// Accuracy and macro-F1 of `predicted` against `labels` (equal sizes, labels in [0, n_classes)).
 void classification_scores(const std::vector<int64_t>& labels,
