@@ -14,7 +14,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -178,6 +180,21 @@ TEST_F(FinetuneTest, TaskFilesAreReadWithTheirLabels) {
     EXPECT_EQ(e.ids.back(), Tokenizer::kSepId);
   }
   EXPECT_EQ(list_topic_languages(corpus(), "test"), (std::vector<std::string>{"de", "en"}));
+
+  // Evaluation batches: every example once, by non-decreasing length, at most 7 per batch.
+  const std::vector<std::vector<int64_t>> batches = batches_by_length(s.examples, 7);
+  EXPECT_EQ(batches.size(), 6u);  // ceil(40 / 7)
+  std::vector<int64_t> seen;
+  for (const auto& batch : batches) {
+    EXPECT_LE(batch.size(), 7u);
+    seen.insert(seen.end(), batch.begin(), batch.end());
+  }
+  for (size_t i = 1; i < seen.size(); ++i)
+    EXPECT_LE(s.examples[seen[i - 1]].ids.size(), s.examples[seen[i]].ids.size());
+  std::sort(seen.begin(), seen.end());
+  std::vector<int64_t> all(s.examples.size());
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_EQ(seen, all);
 
   const TopicBatch b = make_topic_batch(s.examples, {1, 0});
   const int64_t longest = static_cast<int64_t>(std::max(s.examples[0].ids.size(),

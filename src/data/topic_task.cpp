@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <numeric>
 #include <stdexcept>
 #include <utility>
 
@@ -100,6 +101,22 @@ std::vector<std::string> list_topic_languages(const std::string& corpus_dir,
       languages.push_back(l);
   }
   return languages;
+}
+
+std::vector<std::vector<int64_t>> batches_by_length(const std::vector<TopicExample>& examples,
+                                                    int64_t batch_size) {
+  if (batch_size <= 0) throw std::invalid_argument("batch_size must be > 0");
+  std::vector<int64_t> order(examples.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return examples[a].ids.size() < examples[b].ids.size();
+  });
+  std::vector<std::vector<int64_t>> batches;
+  for (size_t first = 0; first < order.size(); first += static_cast<size_t>(batch_size)) {
+    const size_t end = std::min(order.size(), first + static_cast<size_t>(batch_size));
+    batches.emplace_back(order.begin() + first, order.begin() + end);
+  }
+  return batches;
 }
 
 TopicBatch make_topic_batch(const std::vector<TopicExample>& examples,

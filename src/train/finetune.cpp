@@ -63,7 +63,7 @@ double mean_accuracy(const std::vector<TopicScores>& scores, const std::string& 
   return n > 0 ? sum / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Top-1 expert of every real token of `data` per MoE layer (evaluation mode, file order): what
+// Top-1 expert of every real token of `data` per MoE layer (evaluation mode, a fixed order): what
 // fine-tuning does to the routing is measured against the pre-trained model's choices.
 std::vector<at::Tensor> top1_experts(MoEEncoder& encoder, const TopicSplit& data,
                                      int64_t batch_size) {
@@ -71,9 +71,7 @@ std::vector<at::Tensor> top1_experts(MoEEncoder& encoder, const TopicSplit& data
   encoder->eval();
   at::NoGradGuard no_grad;
   std::vector<std::vector<at::Tensor>> parts;
-  for (size_t first = 0; first < data.examples.size(); first += batch_size) {
-    std::vector<int64_t> rows(std::min<size_t>(batch_size, data.examples.size() - first));
-    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(first));
+  for (const std::vector<int64_t>& rows : batches_by_length(data.examples, batch_size)) {
     const EncoderOutput out = encoder->encode(make_topic_batch(data.examples, rows).ids);
     parts.resize(out.moe.size());
     for (size_t i = 0; i < out.moe.size(); ++i)
@@ -94,7 +92,8 @@ class Finetuner {
   void load();
   void train_step();
   void log_train();
-  void validate();
+  /// Scores every language's valid split and writes a "valid" line.
+  std::vector<TopicScores> validate();
   std::vector<TopicScores> evaluate_all(const std::vector<TopicSplit>& splits);
   std::string save();
 
@@ -255,7 +254,7 @@ std::vector<TopicScores> Finetuner::evaluate_all(const std::vector<TopicSplit>& 
   return scores;
 }
 
-void Finetuner::validate() {
+std::vector<TopicScores> Finetuner::validate() {
   const std::vector<TopicScores> scores = evaluate_all(valid_);
   // Share of the train language's validation tokens whose top-1 expert is no longer the
   // pre-trained model's, per MoE layer.
@@ -273,12 +272,13 @@ void Finetuner::validate() {
                     finite_or_null(mean_accuracy(scores, o_.train_language))},
                    {"languages", scores_json(scores)},
                    {"routing_changed", changed}});
-  if (!o_.progress) return;
+  if (!o_.progress) return scores;
   std::ostringstream line;
   line.precision(3);
   line << "step " << step_ << ": valid accuracy " << mean;
   for (const TopicScores& s : scores) line << " | " << s.language << " " << s.accuracy;
   std::cerr << line.str() << "\n";
+  return scores;
 }
 
 std::string Finetuner::save() {
@@ -328,14 +328,13 @@ FinetuneResult Finetuner::run() {
     }
   }
   if (o_.progress) progress.finish();
-  validate();
 
   FinetuneResult r;
+  r.valid = validate();
   r.source = saved_.checkpoint;
   r.steps = step_;
   r.train_language = o_.train_language;
   r.freeze_routing = o_.freeze_routing;
-  r.valid = evaluate_all(valid_);
   r.test = evaluate_all(test_);
   r.zero_shot_test_accuracy = mean_accuracy(r.test, o_.train_language);
   r.checkpoint = save();
@@ -428,9 +427,7 @@ TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const 
   s.examples = static_cast<int64_t>(data.examples.size());
   std::vector<int64_t> labels, predicted;
   double loss_sum = 0;
-  for (size_t first = 0; first < data.examples.size(); first += batch_size) {
-    std::vector<int64_t> rows(std::min<size_t>(batch_size, data.examples.size() - first));
-    std::iota(rows.begin(), rows.end(), static_cast<int64_t>(first));
+  for (const std::vector<int64_t>& rows : batches_by_length(data.examples, batch_size)) {
     const TopicBatch batch = make_topic_batch(data.examples, rows);
     const at::Tensor logits = head->forward(pool(encoder->encode(batch.ids), batch.ids, pooling));
     loss_sum += kernels::cross_entropy(logits, batch.labels).item<double>() *

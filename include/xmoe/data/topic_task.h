@@ -62,6 +62,11 @@ struct TopicBatch {
   int64_t tokens = 0; // non-padding ids
 };
 
+/// Index batches of at most `batch_size` examples, in order of length (stable): for evaluation,
+/// where the order does not matter and similar lengths waste less padding.
+std::vector<std::vector<int64_t>> batches_by_length(const std::vector<TopicExample>& examples,
+                                                    int64_t batch_size);
+
 /// The examples at `indices`, padded to the longest one.
 TopicBatch make_topic_batch(const std::vector<TopicExample>& examples,
                             const std::vector<int64_t>& indices);

@@ -76,7 +76,7 @@ struct TopicScores {
 };
 
 /// Scores of `head` on top of `encoder` over `data` (evaluation mode, no gradients; modes are
-/// restored). Batches of `batch_size` paragraphs in file order.
+/// restored). Batches of `batch_size` paragraphs of similar length (batches_by_length).
 TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
                            Pooling pooling, int64_t batch_size);
 
