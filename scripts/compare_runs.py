@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Prints the main job's comparison table: test perplexity per language for every run (from
-`xmoe eval --json` output saved as <run>/eval-test.json) and the expert load balance of the
-last validation in <run>/metrics.jsonl (docs/run-directory.md).
+"""Prints the main job's comparison tables: test perplexity per language for every run (from
+`xmoe eval --json` output saved as <run>/eval-test.json), the expert load balance of the
+last validation in <run>/metrics.jsonl (docs/run-directory.md), and, for fine-tuned models
+(`xmoe finetune` output directories), help-topic test accuracy per language and how much of the
+routing fine-tuning moved (docs/finetuning.md).
 
-Usage: compare_runs.py RUN_DIR [RUN_DIR ...]
+Usage: compare_runs.py RUN_DIR [RUN_DIR ...] [--finetune FINETUNE_DIR ...]
 """
+import argparse
 import json
 import math
 import os
@@ -12,6 +15,7 @@ import sys
 
 
 def last_valid(run):
+    """The last "valid" line of <run>/metrics.jsonl (a pre-training or fine-tuning run)."""
     last = None
     with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -37,9 +41,34 @@ def mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def main(runs):
-    if not runs:
-        sys.exit(__doc__)
+def print_finetune(dirs):
+    rows = []
+    for d in dirs:
+        with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+        rows.append((os.path.basename(os.path.normpath(d)), results, last_valid(d) or {}))
+    trained = rows[0][1]["train_language"]
+    languages = [trained] + sorted({lang for _, r, _ in rows for lang in r["test"]} - {trained})
+    width = max(len(name) for name, _, _ in rows) + 2
+    print(f"Help-topic classification after fine-tuning on {trained}: test accuracy "
+          f"(higher is better; other languages zero-shot)")
+    print("run".ljust(width) + "".join(lang.rjust(7) for lang in languages)
+          + "  zero-shot" + "  routing moved")
+    for name, r, valid in rows:
+        cells = "".join(cell(r["test"].get(lang, {}).get("accuracy"), 7, 3) for lang in languages)
+        moved = mean(valid.get("routing_changed") or [])
+        print(name.ljust(width) + cells + cell(r.get("test_zero_shot_accuracy"), 11, 3)
+              + cell(moved, 15, 3))
+    print("(routing moved: share of the validation tokens whose top-1 expert is not the "
+          "pre-trained model's, mean over MoE layers)")
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--finetune", nargs="+", default=[], metavar="FINETUNE_DIR")
+    args = parser.parse_args(argv)
+    runs = args.runs
     rows = []
     for run in runs:
         with open(os.path.join(run, "eval-test.json"), encoding="utf-8") as f:
@@ -68,6 +97,9 @@ def main(runs):
         print(name.ljust(width) + cell(stat("load_cv"), 10, 3) + cell(stat("load_max_over_mean"), 10, 3)
               + cell(stat("load_entropy"), 10, 3) + cell(stat("rc_router"), 11, 3)
               + cell(stat("rc_hidden"), 11, 3))
+    if args.finetune:
+        print()
+        print_finetune(args.finetune)
 
 
 if __name__ == "__main__":
