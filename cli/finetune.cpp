@@ -46,8 +46,10 @@ void run_finetune(FinetuneArgs& a) {
                 static_cast<long long>(t.examples), v.accuracy, t.accuracy, t.macro_f1,
                 t.language == r.train_language ? "(trained)" : "zero-shot");
   }
-  std::printf("zero-shot test accuracy (mean over %zu languages): %.3f\n",
-              r.test.size() > 0 ? r.test.size() - 1 : 0, r.zero_shot_test_accuracy);
+  size_t zero_shot = 0;
+  for (const TopicScores& t : r.test) zero_shot += t.language != r.train_language && t.examples > 0;
+  std::printf("zero-shot test accuracy (mean over %zu languages): %.3f\n", zero_shot,
+              r.zero_shot_test_accuracy);
   std::printf("results: %s/results.json\n", o.out.c_str());
 }
 

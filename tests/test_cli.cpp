@@ -710,9 +710,20 @@ TEST(CliLayerForward, OutputNeverReplacesAnInputOrASpecialFile) {
 TEST(CliHelpAndDemo, HelpAndDemoRun) {
   TempDir dir("xmoe_cli_help");
   const std::vector<CliResult> r =
-      run_cli_all(dir, {"--help", "layer-forward --help", "--threads 1 demo --tokens 256"});
+      run_cli_all(dir, {"--help", "layer-forward --help", "--threads 1 demo --tokens 256",
+                        "finetune --help",
+                        "finetune --checkpoint " + quote(dir.file("none")) + " --out " +
+                            quote(dir.file("ft"))});
   ASSERT_TRUE(Succeeded(r[0]));
-  for (const char* cmd : {"layer-init", "layer-forward", "demo"}) EXPECT_TRUE(Contains(r[0].out, cmd));
+  for (const char* cmd : {"layer-init", "layer-forward", "demo", "pretrain", "finetune"})
+    EXPECT_TRUE(Contains(r[0].out, cmd));
+  ASSERT_TRUE(Succeeded(r[3]));
+  for (const char* opt : {"--checkpoint", "--train-language", "--no-freeze-routing", "--aux-coef",
+                          "--pooling"})
+    EXPECT_TRUE(Contains(r[3].out, opt));
+  EXPECT_TRUE(r[4].exited && r[4].code == 1) << r[4].err;
+  EXPECT_TRUE(Contains(r[4].err, dir.file("none") + ": no such checkpoint file or run directory"));
+  EXPECT_FALSE(fs::exists(dir.file("ft")));
   ASSERT_TRUE(Succeeded(r[1]));
   for (const char* opt : {"--config", "--weights", "--input", "--out", "--grad-output", "--train"}) {
     EXPECT_TRUE(Contains(r[1].out, opt));

@@ -112,6 +112,11 @@ class FinetuneTest : public ::testing::Test {
     write_labelled_corpus(corpus(), "train", 300, 1);
     write_labelled_corpus(corpus(), "valid", 60, 2);
     write_labelled_corpus(corpus(), "test", 60, 3);
+    // A language with keys but no help text (fortunes only): nothing to score.
+    for (const char* split : {"valid", "test"}) {
+      xmoe_test::write_file(corpus() + "/" + split + "/fr.txt", "Qui vivra verra, dit-on.\n");
+      xmoe_test::write_file(corpus() + "/" + split + "/fr.keys", "fortunes:0123456789abcdef#0\n");
+    }
     // 48 words in all: SentencePiece allows at most ~100 pieces here.
     train_tokenizer_from_corpus(corpus(), "train", dir_->file("tok/spm"),
                                 xmoe_test::tiny_tokenizer_options().vocab_size(90));
@@ -179,7 +184,8 @@ TEST_F(FinetuneTest, TaskFilesAreReadWithTheirLabels) {
     ASSERT_EQ(e.ids.size(), 4u);  // [CLS] two pieces [SEP]
     EXPECT_EQ(e.ids.back(), Tokenizer::kSepId);
   }
-  EXPECT_EQ(list_topic_languages(corpus(), "test"), (std::vector<std::string>{"de", "en"}));
+  EXPECT_EQ(list_topic_languages(corpus(), "test"),
+            (std::vector<std::string>{"de", "en", "fr"}));
 
   // Evaluation batches: every example once, by non-decreasing length, at most 7 per batch.
   const std::vector<std::vector<int64_t>> batches = batches_by_length(s.examples, 7);
@@ -254,9 +260,11 @@ TEST_F(FinetuneTest, LearnsTheTaskWithFrozenRoutingLeftBitIdentical) {
   EXPECT_GT(moved, 10);
   EXPECT_EQ(after.tensors.count("head.out.weight"), 1u);
   EXPECT_EQ(after.tensors.at("head.out.weight").sizes(), (std::vector<int64_t>{8, 16}));
-  // The fine-tuned checkpoint is a model the pre-training tools read.
-  const SavedModel saved = load_saved_model(r.checkpoint);
+  // The fine-tuned directory is a model the pre-training tools read, with its own tokenizer.
+  const SavedModel saved = load_saved_model(dir_->file("frozen"));
   EXPECT_EQ(saved.step, 60);
+  EXPECT_EQ(saved.tokenizer, dir_->file("frozen/tokenizer.model"));
+  EXPECT_FALSE(saved.tokenizer_from_config);
 
   const std::vector<nlohmann::json> lines = metrics(dir_->file("frozen"));
   ASSERT_FALSE(lines.empty());
@@ -269,6 +277,17 @@ TEST_F(FinetuneTest, LearnsTheTaskWithFrozenRoutingLeftBitIdentical) {
       nlohmann::json::parse(xmoe_test::read_file(dir_->file("frozen/results.json")));
   EXPECT_EQ(results["test"]["en"]["accuracy"], r.test[0].accuracy);
   EXPECT_EQ(results["freeze_routing"], true);
+
+  // fr, found by its keys file, has no help-topic paragraph and is left out; named, it stays.
+  EXPECT_EQ(results["test"].size(), 2u);
+  FinetuneOptions named = options("named");
+  named.steps = 1;
+  named.languages = {"fr", "de"};
+  const FinetuneResult n = finetune(named);
+  ASSERT_EQ(n.test.size(), 3u);
+  EXPECT_EQ(n.test[1].language, "fr");
+  EXPECT_EQ(n.test[1].examples, 0);
+  EXPECT_DOUBLE_EQ(n.zero_shot_test_accuracy, n.test[2].accuracy);  // de only
 
   // Mean pooling learns it as well.
   FinetuneOptions mean = options("mean");

@@ -146,10 +146,20 @@ void Finetuner::load() {
        o_.languages.empty() ? list_topic_languages(o_.corpus, "test") : o_.languages)
     if (std::find(languages_.begin(), languages_.end(), l) == languages_.end())
       languages_.push_back(l);
+  std::vector<std::string> kept, unlabelled;
   for (const std::string& l : languages_) {
+    TopicSplit test = load_topic_split(o_.corpus, "test", l, *tokenizer_, o_.max_len);
+    // A language found by its keys file but without help text (fortunes only) has nothing to
+    // score; one asked for by name is kept, and shows as such.
+    if (test.examples.empty() && o_.languages.empty() && l != o_.train_language) {
+      unlabelled.push_back(l);
+      continue;
+    }
+    kept.push_back(l);
     valid_.push_back(load_topic_split(o_.corpus, "valid", l, *tokenizer_, o_.max_len));
-    test_.push_back(load_topic_split(o_.corpus, "test", l, *tokenizer_, o_.max_len));
+    test_.push_back(std::move(test));
   }
+  languages_ = std::move(kept);
   routing_probe_ = &valid_.front();
   if (o_.progress) {
     std::cerr << "xmoe finetune: " << saved_.checkpoint << " (step " << saved_.step << "), "
@@ -157,6 +167,10 @@ void Finetuner::load() {
               << help_topic_classes().size() << " classes; evaluating";
     for (size_t i = 0; i < languages_.size(); ++i)
       std::cerr << " " << languages_[i] << " (" << test_[i].examples.size() << ")";
+    if (!unlabelled.empty()) {
+      std::cerr << "; no help-topic test paragraphs in";
+      for (const std::string& l : unlabelled) std::cerr << " " << l;
+    }
     std::cerr << "\n";
   }
 
@@ -305,6 +319,11 @@ FinetuneResult Finetuner::run() {
     j["languages"] = languages_;
     out << j.dump(2) << '\n';
   });
+  // The tokenizer beside the checkpoint, as in a pre-training run: the directory is a model.
+  const fs::path tokenizer_copy = fs::path(o_.out) / "tokenizer.model";
+  std::error_code ec;
+  if (!fs::equivalent(saved_.tokenizer, tokenizer_copy, ec))
+    copy_file_atomically(saved_.tokenizer, tokenizer_copy.string());
   metrics_ = std::make_unique<MetricsLog>((fs::path(o_.out) / "metrics.jsonl").string());
 
   ProgressLine progress(o_.steps, 0);

@@ -182,11 +182,7 @@ void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
   std::error_code ec;
   if ((resume_from == nullptr || !fs::is_regular_file(tokenizer_copy, ec)) &&
       fs::weakly_canonical(tokenizer_path_) != fs::weakly_canonical(tokenizer_copy)) {
-    write_file_atomically(tokenizer_copy.string(), [&](std::ostream& out) {
-      std::ifstream in(tokenizer_path_, std::ios::binary);
-      if (!in) throw std::runtime_error("cannot read " + tokenizer_path_);
-      out << in.rdbuf();
-    });
+    copy_file_atomically(tokenizer_path_, tokenizer_copy.string());
   }
   metrics_ = std::make_unique<MetricsLog>((fs::path(dir) / "metrics.jsonl").string(),
                                           resume_from ? resume_from->step : -1);

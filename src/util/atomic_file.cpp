@@ -111,4 +111,12 @@ void write_file_atomically(const std::string& path,
   ::close(fd);
 }
 
+void copy_file_atomically(const std::string& from, const std::string& to) {
+  write_file_atomically(to, [&](std::ostream& out) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot read " + from);
+    out << in.rdbuf();
+  });
+}
+
 }  // namespace xmoe

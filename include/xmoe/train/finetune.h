@@ -14,7 +14,7 @@
 // routers. Then every language is evaluated zero-shot: accuracy and macro-F1 on valid and test.
 //
 // The output directory gets config.json (these options and the source checkpoint),
-// metrics.jsonl ("train" and "valid" lines), results.json (the final scores) and
+// tokenizer.model (a copy), metrics.jsonl ("train" and "valid" lines), results.json (the final scores) and
 // checkpoints/step-N.safetensors: the encoder under "model." (so `xmoe eval` and
 // `load_saved_model` read it as a pre-trained model) and the head under "head.".
 #pragma once

@@ -15,4 +15,8 @@ namespace xmoe {
 void write_file_atomically(const std::string& path,
                            const std::function<void(std::ostream&)>& write);
 
+/// Copies the file `from` to `to` through write_file_atomically; std::runtime_error naming
+/// `from` when it cannot be read.
+void copy_file_atomically(const std::string& from, const std::string& to);
+
 }  // namespace xmoe
