@@ -2,6 +2,7 @@
 // classification scores against hand-computed values, and end to end on a generated parallel
 // corpus: a pre-trained tiny X-MoE encoder learns the task, frozen routing keeps every router and
 // expert parameter bit-identical, a seed reproduces a run, and bad inputs are refused.
+#include "xmoe/analysis/run_analysis.h"
 #include "xmoe/data/tokenizer_trainer.h"
 #include "xmoe/data/topic_task.h"
 #include "xmoe/io/safetensors.h"
@@ -334,6 +335,31 @@ TEST_F(FinetuneTest, ASeedReproducesTheRun) {
   finetune(c);
   EXPECT_EQ(metrics(a.out), metrics(b.out));
   EXPECT_NE(metrics(a.out), metrics(c.out));
+  for (const nlohmann::json& line : metrics(a.out))
+    if (line["kind"] == "train") {
+      ASSERT_EQ(line["expert_counts"].size(), 1u);  // one MoE layer of 4 experts
+      EXPECT_EQ(line["expert_counts"][0].size(), 4u);
+    }
+
+  // Fine-tuning runs from one checkpoint are runs `xmoe analyze` compares (the paper's Figure 3b
+  // setting): the same seed routes identically, another seed is measured on the same tokens.
+  EXPECT_EQ(xmoe_test::read_file(a.out + "/probe_tokens.safetensors"),
+            xmoe_test::read_file(pretrained() + "/probe_tokens.safetensors"));
+  analysis::RunAnalysisOptions ao;
+  ao.window_steps = 6;
+  ao.print_warnings = false;
+  const analysis::RunAnalysis same = analysis::analyze_runs({a.out, b.out}, ao);
+  ASSERT_TRUE(same.consistency.has_value());
+  ASSERT_EQ(same.consistency->layers.size(), 1u);
+  EXPECT_EQ(same.consistency->layers[0].windows.size(), 2u);  // steps 1-6 and 7-12
+  EXPECT_DOUBLE_EQ(same.consistency->layers[0].mean, 1.0);
+  ASSERT_EQ(same.consistency->token_agreement.size(), 1u);
+  EXPECT_DOUBLE_EQ(same.consistency->token_agreement[0].agreement, 1.0);
+  EXPECT_EQ(same.runs[0].name, "tiny-finetune-en-seed1");
+  const analysis::RunAnalysis other = analysis::analyze_runs({a.out, c.out}, ao);
+  ASSERT_TRUE(other.consistency.has_value());
+  EXPECT_LT(other.consistency->layers[0].mean, 1.0);
+  EXPECT_EQ(other.runs[1].name, "tiny-finetune-en-seed2");
 }
 
 TEST_F(FinetuneTest, BadOptionsAndInputsAreRefusedBeforeAnythingIsWritten) {

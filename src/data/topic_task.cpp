@@ -54,7 +54,8 @@ std::string corpus_keys_file(const std::string& corpus_dir, const std::string& s
 TopicSplit load_topic_split(const std::string& corpus_dir, const std::string& split,
                             const std::string& language, const Tokenizer& tokenizer,
                             int64_t max_len) {
-  if (max_len < 3) throw std::invalid_argument("max_len must be >= 3, got " + std::to_string(max_len));
+  if (max_len < 3)
+    throw std::invalid_argument("max_len must be >= 3, got " + std::to_string(max_len));
   const std::string text_path = corpus_file(corpus_dir, split, language);
   const std::string keys_path = corpus_keys_file(corpus_dir, split, language);
   std::error_code ec;

@@ -36,6 +36,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using train_detail::Clock;
 
+using train_detail::expert_counts_json;
 using train_detail::finite_or_null;
 using train_detail::seconds_since;
 
@@ -116,6 +117,7 @@ class Finetuner {
   // Since the last train line.
   double loss_sum_ = 0, task_sum_ = 0, aux_sum_ = 0, seconds_ = 0;
   int64_t logged_steps_ = 0, logged_tokens_ = 0, correct_ = 0, seen_ = 0;
+  std::vector<at::Tensor> expert_counts_;  // per MoE layer, [E] int64
 };
 
 void Finetuner::load() {
@@ -128,7 +130,8 @@ void Finetuner::load() {
   if (o_.max_len == 0) o_.max_len = model_len;
   if (o_.max_len > model_len)
     throw std::invalid_argument("max_len " + std::to_string(o_.max_len) + " exceeds the model's " +
-                                std::to_string(model_len) + " positions (" + saved_.checkpoint + ")");
+                                std::to_string(model_len) + " positions (" + saved_.checkpoint +
+                                ")");
   if (saved_.tokenizer_from_config && o_.progress)
     std::cerr << "xmoe finetune: warning: no tokenizer.model beside " << saved_.checkpoint
               << "; using " << saved_.tokenizer << " from its config\n";
@@ -217,6 +220,11 @@ void Finetuner::train_step() {
     throw fail(e.what());
   }
   const at::Tensor logits = head_->forward(pool(out, batch.ids, o_.pooling));
+  if (expert_counts_.empty()) expert_counts_.resize(out.moe.size());
+  for (size_t i = 0; i < out.moe.size(); ++i) {
+    const at::Tensor& n = out.moe[i].routing.stats.tokens_per_expert;
+    expert_counts_[i] = expert_counts_[i].defined() ? expert_counts_[i] + n : n.clone();
+  }
   const at::Tensor task = kernels::cross_entropy(logits, batch.labels);
   const at::Tensor loss = task + out.aux_loss;
   const double task_value = task.item<double>(), aux_value = out.aux_loss.item<double>();
@@ -256,15 +264,18 @@ void Finetuner::log_train() {
                    {"lr", lr_},
                    {"grad_norm", grad_norm_},
                    {"tokens", tokens_},
-                   {"tokens_per_s", seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0}});
+                   {"tokens_per_s", seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0},
+                   {"expert_counts", expert_counts_json(expert_counts_)}});
   loss_sum_ = task_sum_ = aux_sum_ = seconds_ = 0;
   logged_steps_ = logged_tokens_ = correct_ = seen_ = 0;
+  expert_counts_.clear();
 }
 
 std::vector<TopicScores> Finetuner::evaluate_all(const std::vector<TopicSplit>& splits) {
   std::vector<TopicScores> scores;
   for (const TopicSplit& s : splits)
-    scores.push_back(evaluate_topic(saved_.model, head_, s, o_.pooling, std::max<int64_t>(o_.batch_size, 64)));
+    scores.push_back(evaluate_topic(saved_.model, head_, s, o_.pooling,
+                                    std::max<int64_t>(o_.batch_size, 64)));
   return scores;
 }
 
@@ -297,7 +308,8 @@ std::vector<TopicScores> Finetuner::validate() {
 
 std::string Finetuner::save() {
   TensorMap t = module_state(*saved_.model);
-  for (const auto& item : head_->named_parameters()) t["head." + item.key()] = item.value().detach();
+  for (const auto& item : head_->named_parameters())
+    t["head." + item.key()] = item.value().detach();
   return write_checkpoint((fs::path(o_.out) / "checkpoints").string(), step_, t,
                           {{"config", saved_.config.to_json()},
                            {"finetune", o_.to_json().dump()}},
@@ -315,6 +327,8 @@ FinetuneResult Finetuner::run() {
   fs::create_directories(o_.out);
   write_file_atomically((fs::path(o_.out) / "config.json").string(), [&](std::ostream& out) {
     json j = o_.to_json();
+    j["name"] = saved_.config.name + "-finetune-" + o_.train_language + "-seed" +
+                std::to_string(o_.seed);
     j["source_step"] = saved_.step;
     j["languages"] = languages_;
     out << j.dump(2) << '\n';
@@ -324,6 +338,12 @@ FinetuneResult Finetuner::run() {
   std::error_code ec;
   if (!fs::equivalent(saved_.tokenizer, tokenizer_copy, ec))
     copy_file_atomically(saved_.tokenizer, tokenizer_copy.string());
+  // The pre-training run's probe tokens, so `xmoe analyze` measures fine-tuned models on the
+  // tokens their pre-training was measured on (RC, loads, token agreement between seeds).
+  const fs::path probe =
+      fs::path(saved_.checkpoint).parent_path().parent_path() / "probe_tokens.safetensors";
+  if (fs::is_regular_file(probe, ec))
+    copy_file_atomically(probe.string(), (fs::path(o_.out) / "probe_tokens.safetensors").string());
   metrics_ = std::make_unique<MetricsLog>((fs::path(o_.out) / "metrics.jsonl").string());
 
   ProgressLine progress(o_.steps, 0);
@@ -430,7 +450,8 @@ void classification_scores(const std::vector<int64_t>& labels,
     f1_sum += 2.0 * static_cast<double>(tp[c]) / static_cast<double>(2 * tp[c] + fp[c] + fn[c]);
   }
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  *accuracy = labels.empty() ? nan : static_cast<double>(correct) / static_cast<double>(labels.size());
+  *accuracy =
+      labels.empty() ? nan : static_cast<double>(correct) / static_cast<double>(labels.size());
   *macro_f1 = present == 0 ? nan : f1_sum / static_cast<double>(present);
 }
 

@@ -96,6 +96,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using train_detail::Clock;
 
+using train_detail::expert_counts_json;
 using train_detail::finite_or_null;
 using train_detail::seconds_since;
 
@@ -373,11 +374,6 @@ void Trainer::train_step(Accumulated& acc) {
 }
 
 void Trainer::log_train(Accumulated& acc) {
-  json counts = json::array();
-  for (const at::Tensor& c : acc.expert_counts) {
-    const at::Tensor cc = c.contiguous();
-    counts.push_back(std::vector<int64_t>(cc.data_ptr<int64_t>(), cc.data_ptr<int64_t>() + cc.numel()));
-  }
   const double n = static_cast<double>(acc.steps);
   metrics_->write({{"kind", "train"},
                    {"step", step_},
@@ -389,7 +385,7 @@ void Trainer::log_train(Accumulated& acc) {
                    {"tokens", tokens_seen_},
                    {"tokens_per_s", acc.seconds > 0 ? acc.tokens / acc.seconds : 0.0},
                    {"elapsed_s", seconds_since(start_)},
-                   {"expert_counts", counts}});
+                   {"expert_counts", expert_counts_json(acc.expert_counts)}});
   acc = Accumulated{};
 }
 

@@ -8,14 +8,15 @@
 //   L = CE(logits, label) + Σ_layers aux_loss        (aux coefficients: the pre-training ones, or
 //                                                     aux_coef for every balance-type loss)
 //
-// AdamW (β 0.9/0.98, eps 1e-6, decoupled weight decay on matrices only), linear warmup and decay
-// to 0, gradient clipping. With frozen routing (SPEC §5, the default for MoE models) every router
-// and expert parameter keeps its pre-trained value; the aux loss still trains what feeds the
-// routers. Then every language is evaluated zero-shot: accuracy and macro-F1 on valid and test.
+// AdamW (β and eps of the pre-training run, decoupled weight decay on matrices only), linear
+// warmup and decay to 0, gradient clipping. With frozen routing (SPEC §5, the default for MoE
+// models) every router and expert parameter keeps its pre-trained value; the aux loss still
+// trains what feeds the routers. Then every language is evaluated zero-shot: accuracy and
+// macro-F1 on valid and test.
 //
 // The output directory gets config.json (these options and the source checkpoint),
-// tokenizer.model (a copy), metrics.jsonl ("train" and "valid" lines), results.json (the final scores) and
-// checkpoints/step-N.safetensors: the encoder under "model." (so `xmoe eval` and
+// tokenizer.model (a copy), metrics.jsonl ("train" and "valid" lines), results.json (the final
+// scores) and checkpoints/step-N.safetensors: the encoder under "model." (so `xmoe eval` and
 // `load_saved_model` read it as a pre-trained model) and the head under "head.".
 #pragma once
 
@@ -34,7 +35,8 @@ namespace xmoe {
 
 /// The sentence vector the head reads: the final state of the [CLS] position (default, as
 /// XLM-R and the paper fine-tune), or the mean of the final states over the paragraph's tokens.
-/// On the tiny demo-size models both learn the task; [CLS] scored a little higher (docs/finetuning.md).
+/// On the tiny demo-size models both learn the task; [CLS] scored a little higher
+/// (docs/finetuning.md).
 enum class Pooling { kCls, kMean };
 Pooling parse_pooling(const std::string& name);  // "cls" | "mean"
 std::string to_string(Pooling pooling);
