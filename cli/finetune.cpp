@@ -39,11 +39,17 @@ void run_finetune(FinetuneArgs& a) {
               r.train_language.c_str(), r.checkpoint.c_str());
   std::printf("%-10s %9s %10s %10s %10s %10s\n", "language", "examples", "valid acc", "test acc",
               "test F1", "");
+  auto cell = [](double v) {  // "-" for a language without paragraphs to score
+    char text[32];
+    std::snprintf(text, sizeof text, "%10.3f", v);
+    return std::isfinite(v) ? std::string(text) : std::string(9, ' ') + "-";
+  };
   for (size_t i = 0; i < r.test.size(); ++i) {
     const TopicScores& v = r.valid[i];
     const TopicScores& t = r.test[i];
-    std::printf("%-10s %9lld %10.3f %10.3f %10.3f %10s\n", t.language.c_str(),
-                static_cast<long long>(t.examples), v.accuracy, t.accuracy, t.macro_f1,
+    std::printf("%-10s %9lld %s %s %s %10s\n", t.language.c_str(),
+                static_cast<long long>(t.examples), cell(v.accuracy).c_str(),
+                cell(t.accuracy).c_str(), cell(t.macro_f1).c_str(),
                 t.language == r.train_language ? "(trained)" : "zero-shot");
   }
   size_t zero_shot = 0;
@@ -74,9 +80,11 @@ void register_finetune(CLI::App& app) {
                   "Languages to evaluate, comma-separated (default: every language with test keys)")
       ->delimiter(',')
       ->check(kNonEmpty);
-  cmd->add_option("--steps", o.steps, "Optimizer steps (default: 300)")->check(kPositive);
+  // Upper bounds: a typo must not start a run of years or one batch of the whole corpus.
+  cmd->add_option("--steps", o.steps, "Optimizer steps (default: 300)")
+      ->check(int_in(1, 10000000));
   cmd->add_option("--batch-size", o.batch_size, "Paragraphs per step (default: 32)")
-      ->check(kPositive);
+      ->check(int_in(1, 65536));
   cmd->add_option("--lr", o.lr, "Peak learning rate (default: 1e-3)")->check(kPositive);
   cmd->add_option("--warmup-ratio", o.warmup_ratio,
                   "Share of the steps spent warming up (default: 0.1)")
@@ -87,7 +95,7 @@ void register_finetune(CLI::App& app) {
       ->check(kNonNegative);
   cmd->add_option("--max-len", o.max_len,
                   "Ids per paragraph, [CLS] and [SEP] included (default 0: the model's max_len)")
-      ->check(kNonNegative);
+      ->check(int_in(0, 65536));
   cmd->add_option("--pooling", args->pooling,
                   "Sentence vector: the [CLS] state, or the mean of the token states "
                   "(default: cls)")
@@ -100,9 +108,9 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--seed", o.seed, "Seed of the head, data order, dropout (default: 1)");
   cmd->add_option("--eval-every", o.eval_every,
                   "Validate every N steps, 0 = only at the end (default: 100)")
-      ->check(kNonNegative);
+      ->check(int_in(0, 10000000));
   cmd->add_option("--log-every", o.log_every, "Train line every N steps (default: 10)")
-      ->check(kPositive);
+      ->check(int_in(1, 10000000));
   cmd->add_flag("--quiet", args->quiet, "No progress or validation lines");
   cmd->add_flag("--json", args->json, "Print the results as one JSON line (implies --quiet)");
   cmd->callback([args] { run_finetune(*args); });

@@ -800,7 +800,10 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "bench layer --iters 2147483647",  "bench train --config x.json --steps 1000000",
       "corpus build --languages ''",
       "bench train --config x.json --seq-len 100000",
-      "bench layer --tokens 500000000"};
+      "bench layer --tokens 500000000",
+      "finetune --checkpoint x --out y --batch-size 100000000",
+      "finetune --checkpoint x --out y --lr 0",
+      "finetune --checkpoint x --out y --warmup-ratio 2"};
   const std::vector<std::string> expected = {
       "--tokens: must be in [1, 16777216] (got 0)",
       "--threads: must be in [1, 256] (got 0)",
@@ -812,7 +815,10 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "--steps: must be in [1, 10000] (got 1000000)",
       "--languages: must not be empty",
       "--seq-len: must be in [0, 65536] (got 100000)",
-      "--tokens: must be in [1, 16777216] (got 500000000)"};
+      "--tokens: must be in [1, 16777216] (got 500000000)",
+      "--batch-size: must be in [1, 65536] (got 100000000)",
+      "--lr: must be > 0 (got 0)",
+      "--warmup-ratio: must be in [0, 1] (got 2)"};
   const std::vector<CliResult> r = run_cli_all(dir, args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     ASSERT_TRUE(r[i].exited) << r[i].args;
