@@ -70,7 +70,7 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--checkpoint", o.checkpoint,
                   "Pre-training checkpoint file, or a run directory (its newest checkpoint)")
       ->required();
-  cmd->add_option("--out", o.out, "Output directory (must not hold a fine-tuned model yet)")
+  cmd->add_option("--out", o.out, "Output directory (must not hold checkpoints yet)")
       ->required();
   cmd->add_option("--corpus", o.corpus,
                   "Corpus built with --keys (default: the pre-training run's corpus)");

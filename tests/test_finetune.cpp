@@ -300,9 +300,15 @@ TEST_F(FinetuneTest, LearnsTheTaskWithFrozenRoutingLeftBitIdentical) {
     finetune(options("frozen"));
     FAIL() << "no error";
   } catch (const std::runtime_error& e) {
-    EXPECT_TRUE(Contains(e.what(), "already holds a fine-tuned model"));
+    EXPECT_TRUE(Contains(e.what(), dir_->file("frozen") + " already holds a model"));
   }
   EXPECT_TRUE(std::filesystem::exists(r.checkpoint));
+  // So does the pre-training run's own directory, its checkpoints untouched.
+  FinetuneOptions into_source = options("frozen");
+  into_source.out = pretrained();
+  const auto before_files = list_checkpoints(pretrained() + "/checkpoints");
+  EXPECT_THROW(finetune(into_source), std::runtime_error);
+  EXPECT_EQ(list_checkpoints(pretrained() + "/checkpoints"), before_files);
 }
 
 TEST_F(FinetuneTest, UnfrozenRoutingTrainsTheRouterAndAuxCoefZeroDropsTheAuxLoss) {

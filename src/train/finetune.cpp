@@ -318,11 +318,12 @@ std::string Finetuner::save() {
 
 FinetuneResult Finetuner::run() {
   o_.validate();
-  // Never mix two fine-tuned models in one directory (the older one would be deleted or kept
-  // in place of the new one).
+  // Never write into a directory that holds checkpoints — an earlier fine-tuning, or the
+  // pre-training run itself: keeping only the newest would delete one of the two models.
   if (!list_checkpoints((fs::path(o_.out) / "checkpoints").string()).empty())
-    throw std::runtime_error(o_.out + " already holds a fine-tuned model (" + o_.out +
-                             "/checkpoints); choose another output directory or remove it");
+    throw std::runtime_error(o_.out + " already holds a model (" + o_.out +
+                             "/checkpoints: a fine-tuning or pre-training run); choose another "
+                             "output directory");
   load();  // every input is checked before the output directory is touched
   fs::create_directories(o_.out);
   write_file_atomically((fs::path(o_.out) / "config.json").string(), [&](std::ostream& out) {
