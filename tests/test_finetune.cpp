@@ -272,8 +272,12 @@ TEST_F(FinetuneTest, LearnsTheTaskWithFrozenRoutingLeftBitIdentical) {
   const nlohmann::json& last = lines.back();
   EXPECT_EQ(last["kind"], "valid");
   EXPECT_EQ(last["step"], 60);
-  ASSERT_EQ(last["routing_changed"].size(), 1u);  // one MoE layer
-  EXPECT_GE(last["routing_changed"][0].get<double>(), 0.0);
+  // One MoE layer. Frozen routing keeps the router's weights, not its decisions: the hidden
+  // states it scores have moved, so some tokens changed expert, but not every one.
+  ASSERT_EQ(last["routing_changed"].size(), 1u);
+  const double changed = last["routing_changed"][0].get<double>();
+  EXPECT_GT(changed, 0.0);
+  EXPECT_LT(changed, 1.0);
   const nlohmann::json results =
       nlohmann::json::parse(xmoe_test::read_file(dir_->file("frozen/results.json")));
   EXPECT_EQ(results["test"]["en"]["accuracy"], r.test[0].accuracy);
@@ -388,7 +392,7 @@ TEST_F(FinetuneTest, BadOptionsAndInputsAreRefusedBeforeAnythingIsWritten) {
   EXPECT_TRUE(Contains(error_of(o), "max_len 25 exceeds the model's 24 positions"));
   o = options("bad");
   o.checkpoint = dir_->file("nowhere");
-  EXPECT_NE(error_of(o), "no error");
+  EXPECT_TRUE(Contains(error_of(o), dir_->file("nowhere") + ": no such checkpoint"));
   EXPECT_FALSE(std::filesystem::exists(dir_->file("bad")));
 }
 

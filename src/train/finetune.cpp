@@ -34,11 +34,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using train_detail::Clock;
-
-using train_detail::expert_counts_json;
-using train_detail::finite_or_null;
-using train_detail::seconds_since;
+using namespace train_detail;  // Clock, seconds_since, finite_or_null, expert_counts_json
 
 /// The sentence vector of every row, hidden [B, L, d] → [B, d]: the [CLS] state, or the mean of
 /// the states of the real (non-padding) tokens.
@@ -64,26 +60,6 @@ double mean_accuracy(const std::vector<TopicScores>& scores, const std::string& 
   return n > 0 ? sum / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
 }
 
-// Top-1 expert of every real token of `data` per MoE layer (evaluation mode, a fixed order): what
-// fine-tuning does to the routing is measured against the pre-trained model's choices.
-std::vector<at::Tensor> top1_experts(MoEEncoder& encoder, const TopicSplit& data,
-                                     int64_t batch_size) {
-  const bool was_training = encoder->is_training();
-  encoder->eval();
-  at::NoGradGuard no_grad;
-  std::vector<std::vector<at::Tensor>> parts;
-  for (const std::vector<int64_t>& rows : batches_by_length(data.examples, batch_size)) {
-    const EncoderOutput out = encoder->encode(make_topic_batch(data.examples, rows).ids);
-    parts.resize(out.moe.size());
-    for (size_t i = 0; i < out.moe.size(); ++i)
-      parts[i].push_back(out.moe[i].routing.expert_ids.select(1, 0));
-  }
-  encoder->train(was_training);
-  std::vector<at::Tensor> experts;
-  for (auto& p : parts) experts.push_back(at::cat(p));
-  return experts;
-}
-
 class Finetuner {
  public:
   explicit Finetuner(FinetuneOptions options) : o_(std::move(options)) {}
@@ -92,10 +68,12 @@ class Finetuner {
  private:
   void load();
   void train_step();
-  void log_train();
+  /// Writes a "train" line and updates the progress line.
+  void log_train(ProgressLine& progress);
   /// Scores every language's valid split and writes a "valid" line.
   std::vector<TopicScores> validate();
-  std::vector<TopicScores> evaluate_all(const std::vector<TopicSplit>& splits);
+  /// Scores of `split`; with `top1`, also its tokens' top-1 experts per MoE layer.
+  TopicScores evaluate(const TopicSplit& split, std::vector<at::Tensor>* top1 = nullptr);
   std::string save();
 
   FinetuneOptions o_;
@@ -107,8 +85,8 @@ class Finetuner {
   TopicSplit train_;
   std::vector<TopicSplit> valid_, test_;
   std::vector<std::string> languages_;
-  std::vector<at::Tensor> initial_routing_;  // top-1 experts of the train language's valid set
-  const TopicSplit* routing_probe_ = nullptr;
+  // Top-1 experts of the trained language's validation tokens (valid_.front()) before training.
+  std::vector<at::Tensor> initial_routing_;
   std::vector<int64_t> order_;
   size_t cursor_ = 0;
   std::mt19937_64 shuffle_rng_;
@@ -163,7 +141,6 @@ void Finetuner::load() {
     test_.push_back(std::move(test));
   }
   languages_ = std::move(kept);
-  routing_probe_ = &valid_.front();
   if (o_.progress) {
     std::cerr << "xmoe finetune: " << saved_.checkpoint << " (step " << saved_.step << "), "
               << train_.examples.size() << " " << o_.train_language << " training paragraphs of "
@@ -178,11 +155,15 @@ void Finetuner::load() {
   }
 
   MoEEncoder& model = saved_.model;
-  initial_routing_ = top1_experts(model, *routing_probe_, o_.batch_size);
+  // After the seeding: torch::nn::Linear's constructor draws its default initialisation from the
+  // global generator (then overwritten from the head's seed), and those draws are part of a run.
   seed_run_randomness(model, o_.seed);
   head_ = ClassificationHead(model->options().d_model(),
                              static_cast<int64_t>(help_topic_classes().size()),
                              saved_.config.model.dropout, o_.seed);
+  // The pre-trained routing of the trained language's validation tokens (evaluation mode draws
+  // nothing; the untrained head's scores are not used).
+  evaluate(valid_.front(), &initial_routing_);
   model->freeze_routing(o_.freeze_routing);
   model->train();
   head_->train();
@@ -253,38 +234,46 @@ void Finetuner::train_step() {
   seconds_ += seconds_since(t0);
 }
 
-void Finetuner::log_train() {
+void Finetuner::log_train(ProgressLine& progress) {
   const auto steps = static_cast<double>(logged_steps_);
+  const double loss = loss_sum_ / steps;
+  const double tokens_per_s = seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0;
+  if (o_.progress) {
+    std::ostringstream text;
+    text.precision(4);
+    text << "loss " << loss;
+    progress.update(step_, tokens_per_s, text.str());
+  }
   metrics_->write({{"kind", "train"},
                    {"step", step_},
-                   {"loss", loss_sum_ / steps},
+                   {"loss", loss},
                    {"task_loss", task_sum_ / steps},
                    {"aux_loss", aux_sum_ / steps},
                    {"train_accuracy", static_cast<double>(correct_) / static_cast<double>(seen_)},
                    {"lr", lr_},
                    {"grad_norm", grad_norm_},
                    {"tokens", tokens_},
-                   {"tokens_per_s", seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0},
+                   {"tokens_per_s", tokens_per_s},
                    {"expert_counts", expert_counts_json(expert_counts_)}});
   loss_sum_ = task_sum_ = aux_sum_ = seconds_ = 0;
   logged_steps_ = logged_tokens_ = correct_ = seen_ = 0;
   expert_counts_.clear();
 }
 
-std::vector<TopicScores> Finetuner::evaluate_all(const std::vector<TopicSplit>& splits) {
-  std::vector<TopicScores> scores;
-  for (const TopicSplit& s : splits)
-    scores.push_back(evaluate_topic(saved_.model, head_, s, o_.pooling,
-                                    std::max<int64_t>(o_.batch_size, 64)));
-  return scores;
+TopicScores Finetuner::evaluate(const TopicSplit& split, std::vector<at::Tensor>* top1) {
+  // One batch size for every call: the routing of the same split then comes in the same order.
+  return evaluate_topic(saved_.model, head_, split, o_.pooling,
+                        std::max<int64_t>(o_.batch_size, 64), top1);
 }
 
 std::vector<TopicScores> Finetuner::validate() {
-  const std::vector<TopicScores> scores = evaluate_all(valid_);
-  // Share of the train language's validation tokens whose top-1 expert is no longer the
-  // pre-trained model's, per MoE layer.
+  // Share of the trained language's validation tokens whose top-1 expert is no longer the
+  // pre-trained model's, per MoE layer: routed in the same pass that scores them.
+  std::vector<at::Tensor> now;
+  std::vector<TopicScores> scores;
+  for (const TopicSplit& split : valid_)
+    scores.push_back(evaluate(split, &split == &valid_.front() ? &now : nullptr));
   json changed = json::array();
-  const std::vector<at::Tensor> now = top1_experts(saved_.model, *routing_probe_, o_.batch_size);
   for (size_t i = 0; i < now.size(); ++i)
     changed.push_back(now[i].numel() == 0 ? json(nullptr)
                                           : json(now[i].ne(initial_routing_[i])
@@ -351,17 +340,7 @@ FinetuneResult Finetuner::run() {
   const auto start = Clock::now();
   while (step_ < o_.steps) {
     train_step();
-    if (step_ % o_.log_every == 0 || step_ == o_.steps) {
-      const double loss = loss_sum_ / static_cast<double>(logged_steps_);
-      const double tokens_per_s = seconds_ > 0 ? logged_tokens_ / seconds_ : 0.0;
-      log_train();
-      if (o_.progress) {
-        std::ostringstream text;
-        text.precision(4);
-        text << "loss " << loss;
-        progress.update(step_, tokens_per_s, text.str());
-      }
-    }
+    if (step_ % o_.log_every == 0 || step_ == o_.steps) log_train(progress);
     if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < o_.steps) {
       if (o_.progress) progress.finish();
       validate();
@@ -375,7 +354,7 @@ FinetuneResult Finetuner::run() {
   r.steps = step_;
   r.train_language = o_.train_language;
   r.freeze_routing = o_.freeze_routing;
-  r.test = evaluate_all(test_);
+  for (const TopicSplit& split : test_) r.test.push_back(evaluate(split));
   r.zero_shot_test_accuracy = mean_accuracy(r.test, o_.train_language);
   r.checkpoint = save();
   r.elapsed_s = seconds_since(start);
@@ -457,7 +436,7 @@ void classification_scores(const std::vector<int64_t>& labels,
 }
 
 TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
-                           Pooling pooling, int64_t batch_size) {
+                           Pooling pooling, int64_t batch_size, std::vector<at::Tensor>* top1) {
   if (batch_size <= 0) throw std::invalid_argument("evaluate_topic: batch_size must be > 0");
   const bool encoder_training = encoder->is_training(), head_training = head->is_training();
   encoder->eval();
@@ -467,10 +446,17 @@ TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const 
   s.language = data.language;
   s.examples = static_cast<int64_t>(data.examples.size());
   std::vector<int64_t> labels, predicted;
+  std::vector<std::vector<at::Tensor>> parts;  // per MoE layer, per batch: top-1 experts
   double loss_sum = 0;
   for (const std::vector<int64_t>& rows : batches_by_length(data.examples, batch_size)) {
     const TopicBatch batch = make_topic_batch(data.examples, rows);
-    const at::Tensor logits = head->forward(pool(encoder->encode(batch.ids), batch.ids, pooling));
+    const EncoderOutput out = encoder->encode(batch.ids);
+    if (top1 != nullptr) {
+      parts.resize(out.moe.size());
+      for (size_t i = 0; i < out.moe.size(); ++i)
+        parts[i].push_back(out.moe[i].routing.expert_ids.select(1, 0));
+    }
+    const at::Tensor logits = head->forward(pool(out, batch.ids, pooling));
     loss_sum += kernels::cross_entropy(logits, batch.labels).item<double>() *
                 static_cast<double>(rows.size());
     const at::Tensor p = logits.argmax(1).contiguous();
@@ -480,6 +466,10 @@ TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const 
   }
   encoder->train(encoder_training);
   head->train(head_training);
+  if (top1 != nullptr) {
+    top1->clear();
+    for (const std::vector<at::Tensor>& p : parts) top1->push_back(at::cat(p));
+  }
   s.loss = s.examples > 0 ? loss_sum / static_cast<double>(s.examples)
                           : std::numeric_limits<double>::quiet_NaN();
   classification_scores(labels, predicted, head->n_classes(), &s.accuracy, &s.macro_f1);

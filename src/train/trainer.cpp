@@ -94,11 +94,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using train_detail::Clock;
-
-using train_detail::expert_counts_json;
-using train_detail::finite_or_null;
-using train_detail::seconds_since;
+using namespace train_detail;  // Clock, seconds_since, finite_or_null, expert_counts_json
 
 struct Accumulated {  // training statistics since the last "train" line
   double loss = 0, mlm = 0, aux = 0;

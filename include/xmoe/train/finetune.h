@@ -78,9 +78,12 @@ struct TopicScores {
 };
 
 /// Scores of `head` on top of `encoder` over `data` (evaluation mode, no gradients; modes are
-/// restored). Batches of `batch_size` paragraphs of similar length (batches_by_length).
+/// restored). Batches of `batch_size` paragraphs of similar length (batches_by_length). With
+/// `top1`, it also receives per MoE layer the top-1 expert of every real token ([T] int64), in
+/// an order fixed by `data` and `batch_size`.
 TopicScores evaluate_topic(MoEEncoder& encoder, ClassificationHead& head, const TopicSplit& data,
-                           Pooling pooling, int64_t batch_size);
+                           Pooling pooling, int64_t batch_size,
+                           std::vector<at::Tensor>* top1 = nullptr);
 
 /// Accuracy and macro-F1 of `predicted` against `labels` (equal sizes, labels in [0, n_classes)).
 void classification_scores(const std::vector<int64_t>& labels,
