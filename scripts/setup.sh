@@ -8,7 +8,7 @@ set -euo pipefail
 core_packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libopenblas-dev libopenblas0-openmp libdnnl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libgloo-dev
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev
   python3 groff-base python3-matplotlib python3-sklearn
 )

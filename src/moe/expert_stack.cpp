@@ -12,8 +12,17 @@
 namespace xmoe {
 
 ExpertSublayerImpl::ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff,
-                                       bool layer_norm, uint64_t seed) {
+                                       bool layer_norm, uint64_t seed, ExpertShard shard) {
   at::Generator gen = make_generator(seed);
+  const int64_t count = shard.count < 0 ? n_expert : shard.count;
+  TORCH_CHECK(shard.first >= 0 && count >= 1 && shard.first + count <= n_expert,
+              "xmoe::ExpertStack: shard [", shard.first, ", ", shard.first + count,
+              ") is not within the ", n_expert, " experts");
+  // A shard draws the whole stack's values and keeps its rows, so the union of the shards
+  // equals the unsharded stack of the same seed.
+  auto mine = [&](const at::Tensor& all) {
+    return count == n_expert ? all : all.narrow(0, shard.first, count).clone();
+  };
   // nn.Linear's default range, U(±1/√fan_in), for weights and biases.
   const double bound1 = 1.0 / std::sqrt(static_cast<double>(d_model));
   const double bound2 = 1.0 / std::sqrt(static_cast<double>(d_ff));
@@ -22,24 +31,27 @@ ExpertSublayerImpl::ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_
   auto placed = [](const at::Tensor& values) {
     return kernels::empty_gemm_weight(values.sizes()).copy_(values);
   };
-  w1 = register_parameter("w1", placed(uniform_init({n_expert, d_ff, d_model}, bound1, gen)));
-  b1 = register_parameter("b1", uniform_init({n_expert, d_ff}, bound1, gen));
-  w2 = register_parameter("w2", placed(uniform_init({n_expert, d_model, d_ff}, bound2, gen)));
-  b2 = register_parameter("b2", uniform_init({n_expert, d_model}, bound2, gen));
+  w1 = register_parameter("w1", placed(mine(uniform_init({n_expert, d_ff, d_model}, bound1, gen))));
+  b1 = register_parameter("b1", mine(uniform_init({n_expert, d_ff}, bound1, gen)));
+  w2 = register_parameter("w2", placed(mine(uniform_init({n_expert, d_model, d_ff}, bound2, gen))));
+  b2 = register_parameter("b2", mine(uniform_init({n_expert, d_model}, bound2, gen)));
   if (layer_norm) {
-    ln_weight = register_parameter("ln_weight", at::ones({n_expert, d_model}));
-    ln_bias = register_parameter("ln_bias", at::zeros({n_expert, d_model}));
+    ln_weight = register_parameter("ln_weight", at::ones({count, d_model}));
+    ln_bias = register_parameter("ln_bias", at::zeros({count, d_model}));
   }
 }
 
 ExpertStackImpl::ExpertStackImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, int64_t depth,
-                                 Activation activation, uint64_t seed)
-    : n_expert_(n_expert), activation_(activation) {
+                                 Activation activation, uint64_t seed, ExpertShard shard)
+    : n_expert_(shard.count < 0 ? n_expert : shard.count),
+      first_expert_(shard.first),
+      activation_(activation) {
   for (int64_t j = 0; j < depth; ++j) {
     // Distinct, seed-determined streams per sub-layer.
     sublayers_.push_back(register_module(
         std::to_string(j),
-        ExpertSublayer(n_expert, d_model, d_ff, depth > 1, seed * 1000003ULL + 17ULL * (j + 1))));
+        ExpertSublayer(n_expert, d_model, d_ff, depth > 1, seed * 1000003ULL + 17ULL * (j + 1),
+                       shard)));
   }
 }
 

@@ -1,5 +1,6 @@
 #include "xmoe/moe/moe_layer.h"
 
+#include "xmoe/dist/all_to_all.h"
 #include "xmoe/kernels/permute.h"
 #include "xmoe/util/size_limits.h"
 
@@ -63,6 +64,9 @@ void MoELayerOptions::validate() const {
                                 static_cast<double>(d_model_) * static_cast<double>(d_ff_);
   if (expert_weights > kMaxParameters)
     fail(too_many_parameters("n_expert × expert_depth × 2 × d_model × d_ff", expert_weights));
+  if (expert_group_ && n_expert_ % expert_group_->size() != 0)
+    fail("n_expert = " + std::to_string(n_expert_) + " must be a multiple of the expert group's " +
+         std::to_string(expert_group_->size()) + " ranks");
   router_options().validate();
   const auto kinds = RouterRegistry::names();
   if (std::find(kinds.begin(), kinds.end(), router_) == kinds.end()) {
@@ -75,10 +79,72 @@ void MoELayerOptions::validate() const {
 MoELayerImpl::MoELayerImpl(MoELayerOptions options) : options_(std::move(options)) {
   options_.validate();
   router_ = register_module("router", RouterRegistry::create(options_.router_options()));
+  ExpertShard shard;
+  if (expert_parallel_size() > 1) {
+    shard.count = options_.n_expert() / expert_parallel_size();
+    shard.first = shard.count * options_.expert_group()->rank();
+  }
   experts_ = register_module(
       "experts", ExpertStack(options_.n_expert(), options_.d_model(), options_.d_ff(),
                              options_.expert_depth(), options_.activation(),
-                             options_.seed() ^ 0x9E3779B97F4A7C15ULL));
+                             options_.seed() ^ 0x9E3779B97F4A7C15ULL, shard));
+}
+
+int MoELayerImpl::expert_parallel_size() const {
+  return options_.expert_group() ? options_.expert_group()->size() : 1;
+}
+
+at::Tensor MoELayerImpl::run_experts_parallel(const at::Tensor& x_sorted,
+                                              const std::vector<int64_t>& offsets, bool fast) {
+  dist::Communicator& group = *options_.expert_group();
+  const int n_rank = group.size();
+  const int64_t n_local = experts_->n_expert();  // experts per rank
+  // Rows for rank r are those of its experts, contiguous in the plan's expert order.
+  std::vector<int64_t> send_rows(n_rank);
+  at::Tensor counts = at::empty({options_.n_expert()}, at::kLong);
+  int64_t* count = counts.data_ptr<int64_t>();
+  for (int r = 0; r < n_rank; ++r) {
+    send_rows[r] = offsets[(r + 1) * n_local] - offsets[r * n_local];
+    for (int64_t e = r * n_local; e < (r + 1) * n_local; ++e) count[e] = offsets[e + 1] - offsets[e];
+  }
+  // received[s · n_local + e]: rows rank s sends to this rank's expert e.
+  const at::Tensor received =
+      group.all_to_all(counts, std::vector<int64_t>(n_rank, n_local),
+                       std::vector<int64_t>(n_rank, n_local));
+  const int64_t* from = received.data_ptr<int64_t>();
+  std::vector<int64_t> recv_rows(n_rank, 0);
+  for (int s = 0; s < n_rank; ++s)
+    for (int64_t e = 0; e < n_local; ++e) recv_rows[s] += from[s * n_local + e];
+
+  // Received rows come grouped by sender, then expert; the experts need them by expert.
+  std::vector<int64_t> sender_start(n_rank + 1, 0);
+  for (int s = 0; s < n_rank; ++s) sender_start[s + 1] = sender_start[s] + recv_rows[s];
+  const int64_t n_received = sender_start[n_rank];
+  at::Tensor by_expert = at::empty({n_received}, at::kLong);  // row of the received buffer
+  at::Tensor back = at::empty({n_received}, at::kLong);       // its inverse
+  int64_t* order = by_expert.data_ptr<int64_t>();
+  int64_t* inverse = back.data_ptr<int64_t>();
+  std::vector<int64_t> local_offsets(n_local + 1, 0);
+  std::vector<int64_t> next(sender_start.begin(), sender_start.end() - 1);
+  int64_t row = 0;
+  for (int64_t e = 0; e < n_local; ++e) {
+    for (int s = 0; s < n_rank; ++s) {
+      const int64_t n = from[s * n_local + e];
+      for (int64_t i = 0; i < n; ++i, ++row) {
+        order[row] = next[s] + i;
+        inverse[next[s] + i] = row;
+      }
+      next[s] += n;
+    }
+    local_offsets[e + 1] = row;
+  }
+
+  const at::Tensor x_received = dist::exchange_rows(group, x_sorted, send_rows, recv_rows);
+  const at::Tensor x_local = x_received.index_select(0, by_expert.to(x_sorted.device()));
+  const at::Tensor y_local = fast ? experts_->forward_sorted_fast(x_local, local_offsets)
+                                  : experts_->forward_sorted(x_local, local_offsets);
+  const at::Tensor y_received = y_local.index_select(0, back.to(x_sorted.device()));
+  return dist::exchange_rows(group, y_received, recv_rows, send_rows);
 }
 
 void MoELayerImpl::freeze_routing(bool frozen) {
@@ -153,14 +219,18 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& h, const MoEInputs& inputs) {
   if (fast) {
     // Gather rows by expert, grouped GEMMs, gate-weighted combine: custom kernels throughout.
     at::Tensor x_sorted = kernels::gather_rows(x.contiguous(), plan.token_index, plan.row_of_slot);
-    at::Tensor y_sorted = experts_->forward_sorted_fast(x_sorted, plan.offsets);
+    at::Tensor y_sorted = expert_parallel_size() > 1
+                              ? run_experts_parallel(x_sorted, plan.offsets, true)
+                              : experts_->forward_sorted_fast(x_sorted, plan.offsets);
     y = kernels::combine_rows(y_sorted.contiguous(), routing.gates.contiguous(), plan.row_of_slot);
   } else {
     // Reference path: plain autograd ops, one block per expert, weighted scatter-add back.
     at::Tensor token_index = plan.token_index.to(x.device());
     at::Tensor slot_index = plan.slot_index.to(x.device());
     at::Tensor x_sorted = x.index_select(0, token_index);                    // [N, d]
-    at::Tensor y_sorted = experts_->forward_sorted(x_sorted, plan.offsets);  // [N, d]
+    at::Tensor y_sorted = expert_parallel_size() > 1  // [N, d]
+                              ? run_experts_parallel(x_sorted, plan.offsets, false)
+                              : experts_->forward_sorted(x_sorted, plan.offsets);
     at::Tensor gate_sorted = routing.gates.reshape({-1}).index_select(0, slot_index);  // [N]
     y = at::zeros_like(x).index_add(0, token_index, y_sorted * gate_sorted.unsqueeze(1));
   }

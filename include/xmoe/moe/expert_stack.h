@@ -6,6 +6,10 @@
 // Parameter names (SPEC §8), sub-layer j registered as child module "j":
 //   j.w1 [E, d_ff, d_model]  j.b1 [E, d_ff]  j.w2 [E, d_model, d_ff]  j.b2 [E, d_model]
 //   j.ln_weight, j.ln_bias [E, d_model]   (only when expert_depth > 1)
+//
+// A stack may hold a contiguous shard of the E experts (expert parallelism): its tensors then
+// have E_local rows, with the values that rows [first, first + E_local) of the whole stack with
+// the same seed would have.
 #pragma once
 
 #include "xmoe/kernels/activation.h"
@@ -20,9 +24,15 @@
 
 namespace xmoe {
 
+/// Experts [first, first + count) of a layer's n_expert (count −1: all of them).
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t count = -1;
+};
+
 struct ExpertSublayerImpl : torch::nn::Module {
   ExpertSublayerImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, bool layer_norm,
-                     uint64_t seed);
+                     uint64_t seed, ExpertShard shard = {});
   at::Tensor w1, b1, w2, b2;       // see the file comment
   at::Tensor ln_weight, ln_bias;   // undefined when expert_depth = 1
 };
@@ -31,7 +41,7 @@ TORCH_MODULE(ExpertSublayer);
 class ExpertStackImpl : public torch::nn::Module {
  public:
   ExpertStackImpl(int64_t n_expert, int64_t d_model, int64_t d_ff, int64_t depth,
-                  Activation activation, uint64_t seed);
+                  Activation activation, uint64_t seed, ExpertShard shard = {});
 
   /// Applies expert e to x [n, d_model] → [n, d_model] (plain autograd ops).
   at::Tensor forward_expert(int64_t e, const at::Tensor& x) const;
@@ -48,13 +58,17 @@ class ExpertStackImpl : public torch::nn::Module {
   /// Whether forward_sorted_fast handles tensors like `x` (float32 on the CPU).
   static bool fast_path_supports(const at::Tensor& x);
 
+  /// Experts held here (the shard's count); offsets passed in have n_expert() + 1 entries.
   int64_t n_expert() const { return n_expert_; }
+  /// Index of the first held expert in the layer's numbering.
+  int64_t first_expert() const { return first_expert_; }
   int64_t depth() const { return static_cast<int64_t>(sublayers_.size()); }
   const ExpertSublayer& sublayer(int64_t j) const { return sublayers_.at(j); }
   Activation activation() const { return activation_; }
 
  private:
   int64_t n_expert_;
+  int64_t first_expert_;
   Activation activation_;
   std::vector<ExpertSublayer> sublayers_;
 };

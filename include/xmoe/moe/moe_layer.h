@@ -10,6 +10,7 @@
 // them.
 #pragma once
 
+#include "xmoe/dist/communicator.h"
 #include "xmoe/kernels/dispatch_plan.h"
 #include "xmoe/moe/expert_stack.h"
 #include "xmoe/routing/router.h"
@@ -74,6 +75,13 @@ struct MoELayerOptions {
   TORCH_ARG(ExpertPath, expert_path) = ExpertPath::kFast;
   /// Name used in error messages ("encoder.layer3.moe").
   TORCH_ARG(std::string, name) = "moe";
+  /// Expert parallelism (docs/expert-parallel.md): the experts are split evenly over the
+  /// group's W ranks, rank r holding experts [r·E/W, (r+1)·E/W) with the values the unsplit
+  /// layer of the same seed has there. Each rank routes its own tokens over all E experts; the
+  /// rows travel to their expert's rank and back (two all-to-all exchanges forward, two
+  /// backward). Every rank must run this layer's forward and backward in step with the others.
+  /// Null or a group of one rank: all experts are local. n_expert must be a multiple of W.
+  TORCH_ARG(std::shared_ptr<dist::Communicator>, expert_group) = nullptr;
 
  public:
   /// The router's share of these options.
@@ -114,12 +122,20 @@ class MoELayerImpl : public torch::nn::Module {
 
   const MoELayerOptions& options() const { return options_; }
   RouterImpl& router() { return *router_; }
+  /// The experts held by this rank (all of them without expert parallelism).
   ExpertStack& experts() { return experts_; }
+  /// Ranks the experts are split over (1 without expert parallelism).
+  int expert_parallel_size() const;
 
   /// Weighted sum of the aux losses present in `aux` with this layer's coefficients.
   at::Tensor weighted_aux_loss(const std::map<std::string, at::Tensor>& aux) const;
 
  private:
+  /// y_sorted [N, d_model] from x_sorted [N, d_model] in the plan's expert order, computed by
+  /// the experts of every rank of expert_group.
+  at::Tensor run_experts_parallel(const at::Tensor& x_sorted, const std::vector<int64_t>& offsets,
+                                  bool fast);
+
   MoELayerOptions options_;
   std::shared_ptr<RouterImpl> router_;
   ExpertStack experts_{nullptr};
