@@ -3,8 +3,10 @@
 //
 // Every launch of the binary pays LibTorch's start-up (~0.8 s of CPU), so independent
 // invocations of one test run two at a time from a single shell script.
+#include "test_data_util.h"
 #include "test_util.h"
 
+#include "xmoe/data/tokenizer_trainer.h"
 #include "xmoe/io/layer_config.h"
 #include "xmoe/io/safetensors.h"
 #include "xmoe/moe/moe_layer.h"
@@ -788,6 +790,52 @@ TEST(CliHelpAndDemo, ResumeWithoutARunSaysSo) {
                                                     "start one with --config FILE"));
 }
 
+// `--nproc 2` runs two worker processes (ranks) that split the experts; the run directory is an
+// ordinary one (xmoe eval reads it alone), a resume must use as many ranks, and experts that do
+// not split evenly are refused before any worker starts.
+TEST(CliPretrain, TwoRanksTrainOneRunWithTheExpertsSplit) {
+  TempDir dir("xmoe_cli_nproc");
+  xmoe_test::write_corpus(dir.file("corpus"), "train", {{"de", 150}, {"en", 300}, {"ru", 60}, {"zh", 30}}, 2);
+  xmoe_test::write_corpus(dir.file("corpus"), "valid", {{"de", 10}, {"en", 10}, {"ru", 10}, {"zh", 10}}, 3);
+  xmoe::train_tokenizer_from_corpus(dir.file("corpus"), "train", dir.file("spm"),
+                                    xmoe_test::tiny_tokenizer_options());
+  xmoe_test::write_file(dir.file("c.json"), R"({
+    "name": "tiny-ep",
+    "data": {"corpus": "corpus", "tokenizer": "spm.model", "max_len": 24, "batch_tokens": 96},
+    "model": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32, "moe_layers": [1]},
+    "moe": {"n_expert": 4, "top_k": 1, "router": "xmoe", "d_e": 4},
+    "train": {"steps": 4, "warmup_steps": 1},
+    "eval": {"every": 4, "max_batches": 2, "probe_tokens": 50},
+    "checkpoint": {"every": 2}
+  })");
+  std::vector<CliResult> r = run_cli_all(
+      dir, {"--threads 2 pretrain --config c.json --out run --nproc 2",
+            "pretrain --config c.json --out odd --nproc 3"});
+  ASSERT_TRUE(Succeeded(r[0]));
+  EXPECT_TRUE(Contains(r[0].err, "2 ranks (batch per rank; experts split over the ranks)"))
+      << r[0].err;
+  EXPECT_TRUE(Contains(r[0].out, "run run: 4 steps")) << r[0].out;
+  EXPECT_TRUE(r[1].exited && r[1].code == 1) << r[1].err;
+  EXPECT_TRUE(Contains(r[1].err, "--nproc 3: moe.n_expert = 4 experts do not split evenly over "
+                                 "3 ranks")) << r[1].err;
+  EXPECT_FALSE(fs::exists(dir.file("odd")));
+
+  r = run_cli_all(dir, {"eval --checkpoint run --json --max-batches 2",
+                        "pretrain --resume --out run --set train.steps=6"});
+  ASSERT_TRUE(Succeeded(r[0]));
+  const nlohmann::json eval = nlohmann::json::parse(r[0].out);
+  const std::string metrics = xmoe_test::read_file(dir.file("run/metrics.jsonl"));
+  const nlohmann::json valid =
+      nlohmann::json::parse(metrics.substr(metrics.rfind("{\"analysis_ms\"")));
+  EXPECT_NEAR(eval.at("loss").get<double>(), valid.at("valid_loss").get<double>(), 1e-4);
+  EXPECT_TRUE(r[1].exited && r[1].code == 1) << r[1].err;
+  EXPECT_TRUE(Contains(r[1].err, "written by a run on 2 rank(s)")) << r[1].err;
+
+  r = run_cli_all(dir, {"pretrain --resume --out run --set train.steps=6 --nproc 2 --quiet"});
+  ASSERT_TRUE(Succeeded(r[0]));
+  EXPECT_TRUE(fs::exists(dir.file("run/checkpoints/step-000006.safetensors")));
+}
+
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.
 TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
   TempDir dir("xmoe_cli_numbers");
@@ -803,7 +851,8 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "bench layer --tokens 500000000",
       "finetune --checkpoint x --out y --batch-size 100000000",
       "finetune --checkpoint x --out y --lr 0",
-      "finetune --checkpoint x --out y --warmup-ratio 2"};
+      "finetune --checkpoint x --out y --warmup-ratio 2",
+      "pretrain --config x.json --nproc 0"};
   const std::vector<std::string> expected = {
       "--tokens: must be in [1, 16777216] (got 0)",
       "--threads: must be in [1, 256] (got 0)",
@@ -818,7 +867,8 @@ TEST(CliHelpAndDemo, BadNumbersNameTheOptionAndTheRule) {
       "--tokens: must be in [1, 16777216] (got 500000000)",
       "--batch-size: must be in [1, 65536] (got 100000000)",
       "--lr: must be > 0 (got 0)",
-      "--warmup-ratio: must be in [0, 1] (got 2)"};
+      "--warmup-ratio: must be in [0, 1] (got 2)",
+      "--nproc: must be in [1, 64] (got 0)"};
   const std::vector<CliResult> r = run_cli_all(dir, args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     ASSERT_TRUE(r[i].exited) << r[i].args;

@@ -7,6 +7,8 @@
 #include "xmoe/train/gradient_sync.h"
 #include "xmoe/util/init.h"
 
+#include "test_ranks.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -23,30 +25,7 @@ namespace xmoe {
 namespace {
 
 using dist::Communicator;
-
-/// Runs body(rank, group) on `world` threads, each rank in its own group handle; fails the test
-/// with every rank's exception message.
-void run_ranks(int world, const std::function<void(int, Communicator&)>& body,
-               std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-  static std::atomic<int> groups_formed{0};
-  dist::Rendezvous where;
-  where.kind = dist::Rendezvous::Kind::kInProcess;
-  where.name = "test-" + std::to_string(groups_formed++);
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < world; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        auto group = Communicator::create(r, world, where, timeout);
-        body(r, *group);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-}
+using xmoe_test::run_ranks;
 
 TEST(ExpertParallel, CommunicatorIsAvailable) {
   // scripts/setup.sh installs libgloo-dev, so the suite's build always has it.

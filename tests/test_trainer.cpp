@@ -19,6 +19,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include "test_data_util.h"
+#include "test_ranks.h"
 #include "test_util.h"
 
 namespace {
@@ -512,6 +513,66 @@ TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
   const SavedModel fallback = load_saved_model(runs.file("run"));
   EXPECT_TRUE(fallback.tokenizer_from_config);
   EXPECT_EQ(fallback.tokenizer, dir_->file("tok/spm.model"));
+}
+
+// Two ranks (threads, each its own Gloo group member) train one run with the experts split
+// over them. Dropout is off: it draws from the process-wide generator, which threads share
+// (separate processes, as `xmoe pretrain --nproc` runs, each have their own).
+TEST_F(TrainerTest, ExpertParallelRunResumesBitForBitAndSavesTheWholeModel) {
+  TempDir runs("xmoe_runs");
+  const PretrainConfig c = config({"model.dropout=0", "model.attention_dropout=0"});
+  auto train_ranks = [&](const std::string& run, bool resume, int64_t max_steps) {
+    std::vector<TrainResult> results(2);
+    xmoe_test::run_ranks(2, [&](int rank, dist::Communicator& group) {
+      TrainerOptions o;
+      o.run_dir = run;
+      o.resume = resume;
+      o.progress = false;
+      o.max_steps_this_run = max_steps;
+      o.group = group.shared_from_this();
+      results[rank] = pretrain(c, o);
+    });
+    EXPECT_EQ(results[0].checkpoint, results[1].checkpoint);
+    return results[0];
+  };
+  const TrainResult whole = train_ranks(runs.file("whole"), false, -1);
+  EXPECT_TRUE(whole.finished);
+  const TrainResult first = train_ranks(runs.file("split"), false, 4);
+  EXPECT_FALSE(first.finished);
+  const TrainResult second = train_ranks(runs.file("split"), true, -1);
+  EXPECT_TRUE(second.finished);
+  const auto a = metrics(runs.file("whole")), b = metrics(runs.file("split"));
+  ASSERT_EQ(a.size(), 8u + 3u);  // rank 0 alone writes: 8 train lines, valid at 3, 6, 8
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "line " << i;
+
+  // The checkpoint is the whole model, every expert included, and each rank's own state.
+  const Checkpoint saved = read_checkpoint(whole.checkpoint);
+  EXPECT_EQ(saved.tensors.at("model.layers.1.moe.experts.0.w1").size(0), 4);
+  EXPECT_EQ(saved.tensors.at("optim.layers.1.moe.experts.0.w1.exp_avg").size(0), 4);
+  EXPECT_EQ(saved.tensors.at("dist.world_size").item<int64_t>(), 2);
+  EXPECT_TRUE(saved.tensors.count("rank1.data.cursor"));
+  EXPECT_TRUE(saved.tensors.count("rank1.rng.router.1"));
+  // The ranks drew different batches: their data positions differ.
+  EXPECT_FALSE(saved.tensors.at("data.cursor").equal(saved.tensors.at("rank1.data.cursor")));
+
+  // One process evaluates it as any checkpoint, to the validation loss the two ranks logged.
+  SavedModel model = load_saved_model(whole.checkpoint);
+  const Tokenizer tokenizer = Tokenizer::load(model.tokenizer);
+  const MlmDataset valid(tokenizer, dataset_options(model.config, "valid"));
+  const MlmEvaluation e = evaluate_mlm(model.model, valid, model.config.eval.max_batches);
+  EXPECT_NEAR(e.loss, whole.valid_loss, 1e-5 * whole.valid_loss);
+  EXPECT_NEAR(e.loss, a.back().at("valid_loss").get<double>(), 1e-5 * e.loss);
+
+  // Resuming on another number of ranks is refused, naming the checkpoint and the ranks.
+  try {
+    train(config({"model.dropout=0", "model.attention_dropout=0", "train.steps=10"}),
+          runs.file("whole"), /*resume=*/true);
+    ADD_FAILURE() << "a 2-rank checkpoint resumed on 1 rank";
+  } catch (const FileFormatError& error) {
+    EXPECT_TRUE(Contains(error.what(), "written by a run on 2 rank(s)")) << error.what();
+    EXPECT_TRUE(Contains(error.what(), whole.checkpoint)) << error.what();
+  }
 }
 
 TEST(TrainingState, ModuleStateRoundTripsAndRejectsMissingOrForeignTensors) {

@@ -9,6 +9,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -231,6 +232,48 @@ at::Tensor Communicator::all_to_all(const at::Tensor& input, const std::vector<i
   at::Tensor out;
   guarded("all_to_all", [&] { out = all_to_all_cpu(host, send_rows, recv_rows); });
   return input.device().is_cpu() ? out : out.to(input.device());
+}
+
+std::vector<at::Tensor> Communicator::gather(const at::Tensor& tensor, int root) {
+  if (root < 0 || root >= size_)
+    throw std::invalid_argument("xmoe::dist::gather (" + where() + "): root " +
+                                std::to_string(root) + " is not a rank");
+  if (size_ == 1) return {tensor.clone()};
+  // A header first (dtype, rank count, sizes), so that shapes may differ between ranks.
+  constexpr int64_t kMaxDims = 8, kHeader = 2 + kMaxDims;
+  if (tensor.dim() > kMaxDims)
+    throw std::invalid_argument("xmoe::dist::gather (" + where() + "): more than 8 dimensions");
+  at::Tensor header = at::zeros({kHeader}, at::kLong);
+  header[0] = static_cast<int64_t>(tensor.scalar_type());
+  header[1] = tensor.dim();
+  for (int64_t i = 0; i < tensor.dim(); ++i) header[2 + i] = tensor.size(i);
+  std::vector<int64_t> send(size_, 0), recv(size_, 0);
+  send[root] = kHeader;
+  if (rank_ == root) std::fill(recv.begin(), recv.end(), kHeader);
+  const at::Tensor headers = all_to_all(header, send, recv);
+
+  std::vector<std::vector<int64_t>> shapes(size_);
+  if (rank_ == root) {
+    for (int r = 0; r < size_; ++r) {
+      const int64_t* h = headers.data_ptr<int64_t>() + r * kHeader;
+      if (h[0] != header[0].item<int64_t>())
+        throw std::invalid_argument("xmoe::dist::gather (" + where() + "): rank " +
+                                    std::to_string(r) + " sent another dtype");
+      shapes[r].assign(h + 2, h + 2 + h[1]);
+      recv[r] = 1;
+      for (int64_t n : shapes[r]) recv[r] *= n;
+    }
+  }
+  send[root] = tensor.numel();
+  const at::Tensor flat = all_to_all(tensor.reshape({-1}), send, recv);
+  std::vector<at::Tensor> out;
+  if (rank_ != root) return out;
+  int64_t offset = 0;
+  for (int r = 0; r < size_; ++r) {
+    out.push_back(flat.narrow(0, offset, recv[r]).reshape(shapes[r]));
+    offset += recv[r];
+  }
+  return out;
 }
 
 void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {

@@ -63,7 +63,7 @@ double sum_of_squares(const float* x, int64_t n) {
 // ‖g‖₂ over every gradient in one parallel pass instead of one ATen norm per parameter and a
 // norm of their stack: fixed chunks of at most 2¹⁵ elements, each summed in float64, added in
 // chunk order (the same result for any thread count). Non-finite gradients give a non-finite norm.
-double global_grad_norm(const std::vector<at::Tensor>& params) {
+double float_squared_norm(const std::vector<at::Tensor>& params) {
   constexpr int64_t kChunk = int64_t{1} << 15;
   struct Chunk { const float* data; int64_t n; };
   std::vector<Chunk> chunks;
@@ -78,7 +78,7 @@ double global_grad_norm(const std::vector<at::Tensor>& params) {
   });
   double total = 0;
   for (double s : sums) total += s;
-  return std::sqrt(total);
+  return total;
 }
 
 bool fusable(const at::Tensor& p, const torch::optim::AdamWOptions& o) {
@@ -89,7 +89,22 @@ bool fusable(const at::Tensor& p, const torch::optim::AdamWOptions& o) {
 
 }  // namespace
 
-double clipped_adamw_step(torch::optim::AdamW& optimizer, double max_norm) {
+double squared_gradient_norm(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> plain;
+  double other = 0;
+  for (const at::Tensor& p : params) {
+    const at::Tensor& g = p.grad();
+    TORCH_CHECK(g.defined(), "xmoe::squared_gradient_norm: a parameter has no gradient");
+    if (g.device().is_cpu() && g.scalar_type() == at::kFloat && g.is_contiguous() && !g.is_sparse())
+      plain.push_back(p);
+    else
+      other += g.to(at::kDouble).pow(2).sum().item<double>();
+  }
+  return float_squared_norm(plain) + other;
+}
+
+double clipped_adamw_step(torch::optim::AdamW& optimizer, double max_norm,
+                          const GradientNorm& total_norm) {
   at::NoGradGuard no_grad;
   using Map = std::decay_t<decltype(optimizer.state())>;
   std::vector<at::Tensor> with_grad;
@@ -103,12 +118,22 @@ double clipped_adamw_step(torch::optim::AdamW& optimizer, double max_norm) {
     }
   }
   if (!all_fusable) {  // torch's own ops, in torch's order
-    const double norm = torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
-    if (std::isfinite(norm)) optimizer.step();
+    if (!total_norm) {
+      const double norm = torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
+      if (std::isfinite(norm)) optimizer.step();
+      return norm;
+    }
+    const double norm = total_norm(with_grad);
+    if (!std::isfinite(norm)) return norm;
+    const double clip = max_norm / (norm + 1e-6);
+    if (clip < 1.0)
+      for (const at::Tensor& p : with_grad) p.grad().mul_(clip);
+    optimizer.step();
     return norm;
   }
   // The global norm clip_grad_norm_ forms (the norm of the per-parameter norms), in float64.
-  const double total = global_grad_norm(with_grad);
+  const double total =
+      total_norm ? total_norm(with_grad) : std::sqrt(float_squared_norm(with_grad));
   if (!std::isfinite(total)) return total;  // nothing is updated: the caller reports it
   const double clip = max_norm / (total + 1e-6);
   const float grad_scale = clip < 1.0 ? static_cast<float>(clip) : 1.f;

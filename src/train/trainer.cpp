@@ -12,7 +12,9 @@
 #include "xmoe/train/lr_schedule.h"
 #include "xmoe/train/metrics_log.h"
 #include "xmoe/train/progress.h"
+#include "xmoe/train/gradient_sync.h"
 #include "xmoe/train/routing_probe.h"
+#include "xmoe/train/sharded_state.h"
 #include "xmoe/train/training_state.h"
 #include "xmoe/util/atomic_file.h"
 
@@ -30,11 +32,14 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <sstream>
+#include <unordered_set>
 
 namespace xmoe {
 
-EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size) {
+EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size,
+                               std::shared_ptr<dist::Communicator> expert_group) {
   const ModelConfig& m = config.model;
   EncoderOptions o(vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff);
   o.max_len(config.data.max_len)
@@ -44,8 +49,17 @@ EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size)
       .moe_layers(m.moe_layers)
       .pad_id(Tokenizer::kPadId)
       .seed(m.init_seed);
-  if (config.moe) o.moe(MoELayerOptions(*config.moe).seed(m.init_seed));
+  if (config.moe) {
+    MoELayerOptions moe(*config.moe);
+    moe.seed(m.init_seed);
+    if (expert_group && expert_group->size() > 1) moe.expert_group(std::move(expert_group));
+    o.moe(moe);
+  }
   return o;
+}
+
+uint64_t rank_seed(uint64_t seed, int rank) {
+  return rank == 0 ? seed : seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(rank));
 }
 
 MlmDatasetOptions dataset_options(const PretrainConfig& config, const std::string& split) {
@@ -106,8 +120,12 @@ struct Accumulated {  // training statistics since the last "train" line
 class Trainer {
  public:
   Trainer(const PretrainConfig& config, const TrainerOptions& options)
-      : config_(config), options_(options) {
+      : config_(config),
+        options_(options),
+        group_(options.group ? options.group
+                             : dist::Communicator::create(0, 1, dist::Rendezvous{})) {
     make_data_paths_absolute(config_);  // as config.json and the checkpoints save them
+    if (!lead()) options_.progress = false;  // rank 0 speaks for the run
   }
 
   TrainResult run();
@@ -130,9 +148,18 @@ class Trainer {
   /// checkpoint of the step before, from which a resumed run would fail again.
   std::runtime_error diverged(int64_t step, const std::string& what);
   std::string router_rng(int64_t layer) const { return "rng.router." + std::to_string(layer); }
+  /// Rank 0 writes the run directory and the metrics; every rank computes.
+  bool lead() const { return group_->rank() == 0; }
+  /// ‖g‖₂ over the whole model: the replicated gradients (equal on every rank after the
+  /// synchronisation) and every rank's expert shards.
+  double total_gradient_norm(const std::vector<at::Tensor>& with_grad);
+  /// Whether any rank was asked to stop.
+  bool any_rank_stops(bool stop);
 
   PretrainConfig config_;
   TrainerOptions options_;
+  std::shared_ptr<dist::Communicator> group_;
+  std::set<std::string> sharded_;  // expert parameters split over the ranks
   std::string checkpoint_dir_;
   std::string tokenizer_path_;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -171,6 +198,7 @@ std::string Trainer::tokenizer_path(bool resume) const {
 }
 
 void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
+  if (!lead()) return;
   const std::string& dir = options_.run_dir;
   fs::create_directories(checkpoint_dir_);
   write_file_atomically((fs::path(dir) / "config.json").string(),
@@ -188,7 +216,8 @@ void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
 void Trainer::build(const std::string& tokenizer) {
   tokenizer_path_ = tokenizer;
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
-  train_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "train"));
+  train_data_ = std::make_unique<MlmDataset>(
+      *tokenizer_, dataset_options(config_, "train").seed(rank_seed(config_.train.seed, group_->rank())));
   // A language without training text would never be sampled, yet count in every per-language
   // metric as if it were trained: refuse it, naming the file.
   for (int64_t l = 0; l < train_data_->n_languages(); ++l)
@@ -211,14 +240,19 @@ void Trainer::build(const std::string& tokenizer) {
   config_.data.languages = train_data_->languages();
   valid_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "valid"));
 
-  model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size()));
+  model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size(), group_));
+  sharded_ = sharded_parameter_names(*model_);
   // Initialisation depends on model.init_seed only; every run-time random stream on train.seed,
   // so runs that differ only in train.seed start from the same weights.
-  seed_run_randomness(model_, config_.train.seed);
+  seed_run_randomness(model_, rank_seed(config_.train.seed, group_->rank()));
   optimizer_ = make_optimizer(model_->parameters(), config_.train);
 }
 
-void Trainer::restore(const Checkpoint& c) {
+void Trainer::restore(const Checkpoint& whole) {
+  Checkpoint c;  // this rank's part: its expert shards, generators and data position
+  c.path = whole.path;
+  c.step = whole.step;
+  c.tensors = local_training_state(whole.tensors, sharded_, *group_, whole.path);
   load_module_state(*model_, c.tensors, c.path);
   load_adamw_state(*optimizer_, *model_, c.tensors, c.path);
   at::Generator torch_rng = at::detail::getDefaultCPUGenerator();
@@ -287,15 +321,39 @@ std::string Trainer::save_checkpoint() {
   for (size_t i = 0; i < model_->layers().size(); ++i)
     if (model_->layers()[i]->is_moe() && moe_index < previous_experts_.size())
       t["probe.expert." + std::to_string(i)] = previous_experts_[moe_index++];
-  return write_checkpoint(checkpoint_dir_, step_, t, {{"config", config_.to_json()}},
-                          config_.checkpoint.keep);
+  t = gather_training_state(t, sharded_, *group_);
+  std::string path = checkpoint_path(checkpoint_dir_, step_);
+  if (lead())
+    path = write_checkpoint(checkpoint_dir_, step_, t, {{"config", config_.to_json()}},
+                            config_.checkpoint.keep);
+  group_->barrier();  // written before any rank goes on (or returns its path)
+  return path;
+}
+
+double Trainer::total_gradient_norm(const std::vector<at::Tensor>& with_grad) {
+  std::unordered_set<const void*> shard_ids;
+  for (const auto& item : model_->named_parameters())
+    if (sharded_.count(item.key())) shard_ids.insert(item.value().unsafeGetTensorImpl());
+  std::vector<at::Tensor> replicated, shards;
+  for (const at::Tensor& p : with_grad)
+    (shard_ids.count(p.unsafeGetTensorImpl()) ? shards : replicated).push_back(p);
+  std::vector<at::Tensor> shard_sum{at::full({1}, squared_gradient_norm(shards), at::kDouble)};
+  group_->all_reduce_sum(shard_sum);
+  return std::sqrt(squared_gradient_norm(replicated) + shard_sum[0].item<double>());
+}
+
+bool Trainer::any_rank_stops(bool stop) {
+  if (group_->size() == 1) return stop;
+  std::vector<at::Tensor> flag{at::full({1}, stop ? 1 : 0, at::kLong)};
+  group_->all_reduce_sum(flag);
+  return flag[0].item<int64_t>() > 0;
 }
 
 std::runtime_error Trainer::diverged(int64_t step, const std::string& what) {
   std::string msg =
       "step " + std::to_string(step) + ": " + what + "; no checkpoint was written for it. ";
   auto kept = list_checkpoints(checkpoint_dir_);
-  if (!kept.empty() && kept.back().first == step - 1) {
+  if (lead() && !kept.empty() && kept.back().first == step - 1) {
     // Step `step` starts from the weights of step - 1 and replays the same batch and dropout on
     // resume, so it would fail from that checkpoint again at any learning rate. Renamed (not
     // deleted), it no longer counts as a checkpoint and --resume takes the one before.
@@ -327,6 +385,8 @@ void Trainer::train_step(Accumulated& acc) {
   const TrainConfig& t = config_.train;
   const int64_t next = step_ + 1;
   double mlm_sum = 0, aux_sum = 0;
+  int64_t tokens = 0;                        // real tokens of this step
+  std::vector<at::Tensor> counts;            // per MoE layer, [E] int64 slots of this step
   for (int64_t a = 0; a < t.accumulate; ++a) {
     MlmBatch batch = train_data_->next_batch();
     MlmOutput out;
@@ -339,15 +399,31 @@ void Trainer::train_step(Accumulated& acc) {
     (t.accumulate > 1 ? loss / static_cast<double>(t.accumulate) : loss).backward();
     mlm_sum += out.loss.item<double>();
     aux_sum += out.encoder.aux_loss.item<double>();
-    const int64_t real = batch.mask.sum().item<int64_t>();
-    tokens_seen_ += real;
-    acc.tokens += real;
-    if (acc.expert_counts.empty()) acc.expert_counts.resize(out.encoder.moe.size());
+    tokens += batch.mask.sum().item<int64_t>();
+    if (counts.empty()) counts.resize(out.encoder.moe.size());
     for (size_t i = 0; i < out.encoder.moe.size(); ++i) {
       const at::Tensor& n = out.encoder.moe[i].routing.stats.tokens_per_expert;
-      acc.expert_counts[i] = acc.expert_counts[i].defined() ? acc.expert_counts[i] + n : n.clone();
+      counts[i] = counts[i].defined() ? counts[i] + n : n.clone();
     }
   }
+  if (group_->size() > 1) {
+    synchronize_gradients(*model_, *group_);
+    // The logged losses are the means over the ranks, the tokens and expert loads their sums.
+    std::vector<at::Tensor> totals{at::tensor({mlm_sum, aux_sum}, at::kDouble),
+                                   at::full({1}, tokens, at::kLong)};
+    totals.insert(totals.end(), counts.begin(), counts.end());
+    group_->all_reduce_sum(totals);
+    const double ranks = static_cast<double>(group_->size());
+    mlm_sum = totals[0][0].item<double>() / ranks;
+    aux_sum = totals[0][1].item<double>() / ranks;
+    tokens = totals[1].item<int64_t>();
+    std::copy(totals.begin() + 2, totals.end(), counts.begin());
+  }
+  tokens_seen_ += tokens;
+  acc.tokens += tokens;
+  if (acc.expert_counts.empty()) acc.expert_counts.resize(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i)
+    acc.expert_counts[i] = acc.expert_counts[i].defined() ? acc.expert_counts[i] + counts[i] : counts[i];
   const double mlm = mlm_sum / t.accumulate, aux = aux_sum / t.accumulate;
   if (!std::isfinite(mlm) || !std::isfinite(aux)) {
     std::ostringstream msg;
@@ -358,7 +434,10 @@ void Trainer::train_step(Accumulated& acc) {
   last_lr_ = learning_rate_at(step_, t.lr, t.warmup_steps, t.steps, t.final_lr_ratio);
   for (auto& group : optimizer_->param_groups())
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
-  last_grad_norm_ = clipped_adamw_step(*optimizer_, max_norm);  // no update when not finite
+  GradientNorm norm;  // the model is split over the ranks: its norm too
+  if (group_->size() > 1)
+    norm = [this](const std::vector<at::Tensor>& g) { return total_gradient_norm(g); };
+  last_grad_norm_ = clipped_adamw_step(*optimizer_, max_norm, norm);  // no update when not finite
   if (!std::isfinite(last_grad_norm_)) throw diverged(next, "the gradient norm is not finite");
   clear_gradients(*model_);
   step_ = next;
@@ -371,17 +450,18 @@ void Trainer::train_step(Accumulated& acc) {
 
 void Trainer::log_train(Accumulated& acc) {
   const double n = static_cast<double>(acc.steps);
-  metrics_->write({{"kind", "train"},
-                   {"step", step_},
-                   {"loss", acc.loss / n},
-                   {"mlm_loss", acc.mlm / n},
-                   {"aux_loss", acc.aux / n},
-                   {"lr", last_lr_},
-                   {"grad_norm", last_grad_norm_},
-                   {"tokens", tokens_seen_},
-                   {"tokens_per_s", acc.seconds > 0 ? acc.tokens / acc.seconds : 0.0},
-                   {"elapsed_s", seconds_since(start_)},
-                   {"expert_counts", expert_counts_json(acc.expert_counts)}});
+  if (metrics_)
+    metrics_->write({{"kind", "train"},
+                     {"step", step_},
+                     {"loss", acc.loss / n},
+                     {"mlm_loss", acc.mlm / n},
+                     {"aux_loss", acc.aux / n},
+                     {"lr", last_lr_},
+                     {"grad_norm", last_grad_norm_},
+                     {"tokens", tokens_seen_},
+                     {"tokens_per_s", acc.seconds > 0 ? acc.tokens / acc.seconds : 0.0},
+                     {"elapsed_s", seconds_since(start_)},
+                     {"expert_counts", expert_counts_json(acc.expert_counts)}});
   acc = Accumulated{};
 }
 
@@ -420,14 +500,15 @@ double Trainer::validate() {
   previous_experts_ = std::move(experts);
   previous_valid_step_ = step_;
 
-  metrics_->write({{"kind", "valid"},
-                   {"step", step_},
-                   {"valid_loss", finite_or_null(eval.loss)},
-                   {"valid_ppl", finite_or_null(std::exp(eval.loss))},
-                   {"lr", last_lr_},
-                   {"languages", languages},
-                   {"moe", moe},
-                   {"analysis_ms", analysis_ms}});
+  if (metrics_)
+    metrics_->write({{"kind", "valid"},
+                     {"step", step_},
+                     {"valid_loss", finite_or_null(eval.loss)},
+                     {"valid_ppl", finite_or_null(std::exp(eval.loss))},
+                     {"lr", last_lr_},
+                     {"languages", languages},
+                     {"moe", moe},
+                     {"analysis_ms", analysis_ms}});
   if (options_.progress) {
     std::ostringstream line;
     line.precision(4);
@@ -512,7 +593,7 @@ TrainResult Trainer::run() {
   if (resume_from) restore(*resume_from);
   // Everything is checked: only now does the run directory change.
   prepare_run_dir(resume_from.get());
-  if (!resume_from || probe_reselected_) save_probe_tokens(probe_path, probe_);
+  if (lead() && (!resume_from || probe_reselected_)) save_probe_tokens(probe_path, probe_);
   model_->train();
 
   TrainResult result;
@@ -523,6 +604,8 @@ TrainResult Trainer::run() {
     for (const auto& p : model_->parameters()) n_params += p.numel();
     std::cerr << "xmoe pretrain: " << config_.name << ", " << n_params << " parameters, "
               << train_data_->n_languages() << " languages, "
+              << (group_->size() > 1 ? std::to_string(group_->size()) + " ranks (batch per rank; "
+                                           "experts split over the ranks), " : std::string())
               << (resume_from ? "resuming at step " + std::to_string(step_) : std::string("from scratch"))
               << ", " << t.steps << " steps -> " << options_.run_dir << "\n";
   }
@@ -547,8 +630,9 @@ TrainResult Trainer::run() {
       if (options_.progress) progress.finish();
       result.valid_loss = validate();
     }
-    const bool stop = (options_.stop != nullptr && options_.stop->load()) ||
-                      (options_.max_steps_this_run >= 0 && steps_this_run >= options_.max_steps_this_run);
+    const bool stop = any_rank_stops(
+        (options_.stop != nullptr && options_.stop->load()) ||
+        (options_.max_steps_this_run >= 0 && steps_this_run >= options_.max_steps_this_run));
     if (step_ % config_.checkpoint.every == 0 || step_ == t.steps || stop) {
       result.checkpoint = save_checkpoint();
       last_checkpoint_step = step_;

@@ -64,6 +64,10 @@ class Communicator : public std::enable_shared_from_this<Communicator> {
   at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                         const std::vector<int64_t>& recv_rows);
 
+  /// Every rank's `tensor` (any shape; the same dtype on every rank), collected on `root`:
+  /// there one tensor per rank, in rank order; elsewhere an empty vector.
+  std::vector<at::Tensor> gather(const at::Tensor& tensor, int root = 0);
+
   /// In place: each tensor becomes the sum over the ranks of that tensor.
   void all_reduce_sum(std::vector<at::Tensor>& tensors);
 

@@ -14,12 +14,23 @@
 
 #include <torch/optim/adamw.h>
 
+#include <functional>
+#include <vector>
+
 namespace xmoe {
 
 /// One step over every parameter group of `optimizer` (parameters without a gradient are
 /// skipped, as AdamW does). Float32 contiguous CPU parameters take the fused pass; any other
 /// parameter, and amsgrad groups, take torch's own ops. Returns the total gradient norm before
 /// clipping, as clip_grad_norm_ does; when it is not finite nothing is updated.
-double clipped_adamw_step(torch::optim::AdamW& optimizer, double max_norm);
+/// `total_norm` (optional) computes ‖g‖₂ from the parameters that have a gradient, for a norm
+/// over more than this process holds (expert-parallel training: the experts of every rank).
+using GradientNorm = std::function<double(const std::vector<at::Tensor>& with_grad)>;
+double clipped_adamw_step(torch::optim::AdamW& optimizer, double max_norm,
+                          const GradientNorm& total_norm = nullptr);
+
+/// Σ ‖g‖² over the gradients of `params` in float64 (every parameter must have one): fixed
+/// chunks added in order, so the same value for any thread count.
+double squared_gradient_norm(const std::vector<at::Tensor>& params);
 
 }  // namespace xmoe

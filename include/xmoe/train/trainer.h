@@ -16,6 +16,7 @@
 #pragma once
 
 #include "xmoe/data/mlm_dataset.h"
+#include "xmoe/dist/communicator.h"
 #include "xmoe/model/encoder.h"
 #include "xmoe/train/pretrain_config.h"
 
@@ -29,8 +30,14 @@
 
 namespace xmoe {
 
-/// Builds the encoder options of a config (vocab from the tokenizer).
-EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size);
+/// Builds the encoder options of a config (vocab from the tokenizer); the MoE layers' experts are
+/// split over `expert_group` when it has more than one rank.
+EncoderOptions encoder_options(const PretrainConfig& config, int64_t vocab_size,
+                               std::shared_ptr<dist::Communicator> expert_group = nullptr);
+
+/// The seed of rank `rank`'s random streams (data order, dropout, router noise) in a run
+/// seeded with `seed`: `seed` itself on rank 0, so a one-rank run is the plain run.
+uint64_t rank_seed(uint64_t seed, int rank);
 
 /// Seed of the evaluation masks (fixed, so every run is evaluated on the same positions).
 inline constexpr uint64_t kEvalMaskSeed = 20240101;
@@ -65,6 +72,11 @@ struct TrainerOptions {
   const std::atomic<bool>* stop = nullptr;
   /// Stop like `stop` after this many steps of this process (tests; -1 = no limit).
   int64_t max_steps_this_run = -1;
+  /// Data + expert parallel training over the group's W ranks (docs/expert-parallel.md); null
+  /// or one rank: this process alone. Every rank runs pretrain with the same config and
+  /// run_dir; each trains on its own batches (W × the configured batch per step), the MoE
+  /// layers' experts are split over the ranks, and rank 0 alone writes the run directory.
+  std::shared_ptr<dist::Communicator> group;
 };
 
 struct TrainResult {
