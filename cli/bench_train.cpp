@@ -16,12 +16,15 @@
 // train_peer.py draws bit-identical batches; both print "batch_checksum" to show it.
 #include "bench_timing.h"
 #include "commands.h"
+#include "local_ranks.h"
 #include "validators.h"
 
 #include "xmoe/data/tokenizer.h"
 #include "xmoe/model/encoder.h"
 #include "xmoe/train/pretrain_config.h"
 #include "xmoe/train/fused_adamw.h"
+#include "xmoe/train/gradient_sync.h"
+#include "xmoe/train/sharded_state.h"
 #include "xmoe/train/trainer.h"
 #include "xmoe/util/init.h"
 
@@ -39,6 +42,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -54,6 +58,7 @@ struct BenchTrainArgs {
   std::string config;
   std::vector<std::string> set;
   int64_t steps = 10, warmup = 2, batch_seqs = 0, seq_len = 0, vocab = 8000, profile = 0;
+  int nproc = 1;
   uint64_t seed = 1;
   bool print_config = false;
   bool full_last_layer = false;
@@ -109,12 +114,38 @@ std::map<std::string, OpTime> self_ms(const torch::autograd::profiler::thread_ev
   return out;
 }
 
-void run_bench_train(const BenchTrainArgs& a) {
+/// `xmoe bench train` with the same arguments, once per rank, the cores shared out.
+int launch_ranks(const BenchTrainArgs& a) {
+  const int threads = std::max(1, at::get_num_threads() / a.nproc);
+  std::vector<std::string> args{"--threads", std::to_string(threads), "bench", "train",
+                                "--config", a.config};
+  for (const std::string& s : a.set) args.insert(args.end(), {"--set", s});
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, int64_t>>{
+           {"--steps", a.steps}, {"--warmup", a.warmup}, {"--batch-seqs", a.batch_seqs},
+           {"--seq-len", a.seq_len}, {"--vocab", a.vocab}})
+    args.insert(args.end(), {flag, std::to_string(value)});
+  args.insert(args.end(), {"--seed", std::to_string(a.seed)});
+  if (a.full_last_layer) args.push_back("--full-last-layer");
+  return run_local_ranks(args, a.nproc, "xmoe bench train");
+}
+
+int run_bench_train(const BenchTrainArgs& a) {
   const PretrainConfig config = load_pretrain_config(a.config, a.set);
   if (a.print_config) {
     std::cout << config.to_json() << std::endl;
-    return;
+    return 0;
   }
+  if (a.nproc > 1) {
+    if (a.profile > 0) throw std::invalid_argument("--profile runs in one process only (no --nproc)");
+    if (config.moe && config.moe->n_expert() % a.nproc != 0)
+      throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
+                                  std::to_string(config.moe->n_expert()) +
+                                  " experts do not split evenly over the ranks");
+    return launch_ranks(a);
+  }
+  // One rank of several (--nproc): data parallel, experts split; rank 0 reports.
+  const std::shared_ptr<dist::Communicator> group = group_from_environment();
+  const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
   const int64_t seq_len = a.seq_len > 0 ? a.seq_len : config.data.max_len;
   const int64_t batch_seqs = a.batch_seqs > 0 ? a.batch_seqs
                                               : std::max<int64_t>(1, config.data.batch_tokens / seq_len);
@@ -126,22 +157,25 @@ void run_bench_train(const BenchTrainArgs& a) {
                                 ": at most 2^24 tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
-  EncoderOptions eo = encoder_options(config, a.vocab);
+  EncoderOptions eo = encoder_options(config, a.vocab, group);
   eo.max_len(std::max(eo.max_len(), seq_len)).prune_last_layer(!a.full_last_layer);
   MoEEncoder model(eo);
   model->train();
 
   // As the trainer: run-time random streams (dropout, router noise) from train.seed.
-  seed_run_randomness(model, config.train.seed);
+  seed_run_randomness(model, rank_seed(config.train.seed, rank));
+  // The whole model's parameters: expert shards count once per rank.
+  const std::set<std::string> shards = sharded_parameter_names(*model);
   int64_t params = 0;
-  for (const auto& p : model->parameters()) params += p.numel();
+  for (const auto& p : model->named_parameters())
+    params += p.value().numel() * (shards.count(p.key()) ? ranks : 1);
   const TrainConfig& t = config.train;
   const std::unique_ptr<torch::optim::AdamW> optimizer_ptr = make_optimizer(model->parameters(), t);
   torch::optim::AdamW& optimizer = *optimizer_ptr;
   const double max_norm = t.clip_norm > 0 ? t.clip_norm : std::numeric_limits<double>::infinity();
 
   // Every batch is drawn before the clock starts.
-  at::Generator data_gen = make_generator(a.seed);
+  at::Generator data_gen = make_generator(rank_seed(a.seed, rank));
   std::vector<Batch> batches;
   const int64_t total_steps = a.warmup + a.steps + a.profile;
   for (int64_t i = 0; i < total_steps; ++i)
@@ -149,7 +183,7 @@ void run_bench_train(const BenchTrainArgs& a) {
   const double checksum = batches[0].ids.sum().item<double>() +
                           batches[0].labels.ne(-100).sum().item<double>();
 
-  std::vector<double> times;
+  std::vector<double> times, sync_times;  // sync: the gradient all-reduce of --nproc
   double profiled_ms = 0;
   double loss = 0, aux = 0, grad_norm = 0;
   for (int64_t i = 0; i < total_steps; ++i) {
@@ -163,7 +197,14 @@ void run_bench_train(const BenchTrainArgs& a) {
     (out.loss + out.encoder.aux_loss).backward();
     loss = out.loss.item<double>();
     aux = out.encoder.aux_loss.item<double>();
-    grad_norm = clipped_adamw_step(optimizer, max_norm);
+    GradientNorm norm;
+    if (group) {
+      const double s0 = now_ms();
+      synchronize_gradients(*model, *group);
+      if (i >= a.warmup && i < a.warmup + a.steps) sync_times.push_back(now_ms() - s0);
+      norm = [&](const std::vector<at::Tensor>& g) { return total_gradient_norm(*model, g, *group); };
+    }
+    grad_norm = clipped_adamw_step(optimizer, max_norm, norm);
     clear_gradients(*model);
     const double t1 = now_ms();
     if (!std::isfinite(loss) || !std::isfinite(grad_norm))
@@ -192,7 +233,9 @@ void run_bench_train(const BenchTrainArgs& a) {
     }
   }
   const double step_ms = median(times);
-  const double tokens = static_cast<double>(batch_seqs * seq_len);
+  if (rank != 0) return 0;
+  // Tokens of one step over all ranks (each rank trains on its own batch).
+  const double tokens = static_cast<double>(batch_seqs * seq_len * ranks);
   nlohmann::json out = {
       {"impl", "xmoe"},
       {"config", config.name},
@@ -204,6 +247,7 @@ void run_bench_train(const BenchTrainArgs& a) {
       {"steps", a.steps},
       {"warmup", a.warmup},
       {"threads", at::get_num_threads()},
+      {"ranks", ranks},
       {"step_ms", step_ms},
       {"step_ms_min", *std::min_element(times.begin(), times.end())},
       {"step_ms_max", *std::max_element(times.begin(), times.end())},
@@ -215,7 +259,9 @@ void run_bench_train(const BenchTrainArgs& a) {
       {"batch_checksum", checksum},
   };
   if (a.profile > 0) out["profile_self_ms"] = profile;
+  if (group) out["gradient_sync_ms"] = median(sync_times);
   std::cout << out.dump() << std::endl;
+  return 0;
 }
 
 }  // namespace
@@ -249,7 +295,14 @@ void register_bench_train(CLI::App& bench) {
                 "Run the last layer at every position (as a plain encoder does), not only at the "
                 "labelled ones");
   cmd->add_flag("--print-config", args->print_config, "Print the resolved config (every key) and exit");
-  cmd->callback([args] { run_bench_train(*args); });
+  cmd->add_option("--nproc", args->nproc,
+                  "Ranks, one process each on this machine, the cores shared out: data parallel "
+                  "with the experts split (tokens/s of all ranks together)")
+      ->check(int_in(1, 64));
+  cmd->callback([args] {
+    const int rc = run_bench_train(*args);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
 }
 
 }  // namespace xmoe::cli

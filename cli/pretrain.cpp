@@ -8,9 +8,9 @@
 // Ctrl-C finishes the current step, writes a checkpoint and exits with status 130; a second
 // Ctrl-C (a second or more later) exits at once, without one.
 #include "commands.h"
+#include "local_ranks.h"
 #include "validators.h"
 
-#include "xmoe/dist/communicator.h"
 #include "xmoe/train/trainer.h"
 
 #include <ATen/Parallel.h>
@@ -19,11 +19,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <csignal>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -31,11 +28,6 @@
 #include <string>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace xmoe::cli {
@@ -75,93 +67,17 @@ extern "C" void on_interrupt(int) {
   ::_exit(130);
 }
 
-// ---- --nproc: one worker process per rank ------------------------------------------------
-std::vector<pid_t> g_workers;
-
-extern "C" void forward_signal(int signal) {
-  for (pid_t pid : g_workers) ::kill(pid, signal);  // kill is async-signal-safe
-}
-
-/// A TCP port on the loopback interface that nothing listens on right now.
-int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("--nproc: cannot open a socket to find a free port");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  if (!ok) throw std::runtime_error("--nproc: cannot find a free port on 127.0.0.1");
-  return ntohs(address.sin_port);
-}
-
-/// Starts a.nproc copies of this program as ranks 0..N-1 of one run and waits for them. The
-/// cores are shared out (--threads per worker = this process's threads / N, at least 1). When
-/// a worker fails, the others (blocked in collectives with it) are stopped.
-int launch_workers(const PretrainArgs& a) {
+/// `xmoe pretrain` with the same arguments, once per rank, the cores shared out (--threads per
+/// rank = this process's threads / N, at least 1).
+int launch_ranks(const PretrainArgs& a) {
   const int threads = std::max(1, at::get_num_threads() / a.nproc);
-  std::vector<std::string> argv{"xmoe", "--threads", std::to_string(threads), "pretrain"};
-  if (!a.config.empty()) argv.insert(argv.end(), {"--config", a.config});
-  if (!a.out.empty()) argv.insert(argv.end(), {"--out", a.out});
-  for (const std::string& s : a.set) argv.insert(argv.end(), {"--set", s});
-  if (a.resume) argv.push_back("--resume");
-  if (a.quiet) argv.push_back("--quiet");
-  const std::string port = std::to_string(free_loopback_port());
-
-  std::signal(SIGINT, forward_signal);
-  std::signal(SIGTERM, forward_signal);
-  for (int rank = 0; rank < a.nproc; ++rank) {
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      forward_signal(SIGKILL);
-      throw std::runtime_error("--nproc: fork failed for rank " + std::to_string(rank));
-    }
-    if (pid == 0) {
-      std::signal(SIGINT, SIG_DFL);
-      std::signal(SIGTERM, SIG_DFL);
-      ::setenv("RANK", std::to_string(rank).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(a.nproc).c_str(), 1);
-      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-      ::setenv("MASTER_PORT", port.c_str(), 1);
-      std::vector<char*> args;
-      for (const std::string& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-      args.push_back(nullptr);
-      ::execv("/proc/self/exe", args.data());
-      std::perror("xmoe pretrain --nproc: exec");
-      ::_exit(127);
-    }
-    g_workers.push_back(pid);
-  }
-  int status_of_run = 0;
-  size_t running = g_workers.size();
-  while (running > 0) {
-    int status = 0;
-    const pid_t pid = ::wait(&status);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    --running;
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (code != 0 && code != 130 && status_of_run == 0) {
-      status_of_run = code;
-      size_t rank = 0;
-      while (rank < g_workers.size() && g_workers[rank] != pid) ++rank;
-      std::cerr << "xmoe pretrain: rank " << rank << " of " << a.nproc << " failed (exit status "
-                << code << "); stopping the other ranks\n";
-      for (pid_t other : g_workers)
-        if (other != pid) ::kill(other, SIGKILL);
-    } else if (code == 130 && status_of_run == 0) {
-      status_of_run = 130;  // stopped with a checkpoint
-    }
-  }
-  g_workers.clear();
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  return status_of_run;
+  std::vector<std::string> args{"--threads", std::to_string(threads), "pretrain"};
+  if (!a.config.empty()) args.insert(args.end(), {"--config", a.config});
+  if (!a.out.empty()) args.insert(args.end(), {"--out", a.out});
+  for (const std::string& s : a.set) args.insert(args.end(), {"--set", s});
+  if (a.resume) args.push_back("--resume");
+  if (a.quiet) args.push_back("--quiet");
+  return run_local_ranks(args, a.nproc, "xmoe pretrain");
 }
 
 int run_pretrain(const PretrainArgs& a) {
@@ -179,20 +95,18 @@ int run_pretrain(const PretrainArgs& a) {
   }
   PretrainConfig config = load_pretrain_config(config_path, a.set);
   make_data_paths_absolute(config);  // the print-out shows what the run saves
-  const char* world = std::getenv("WORLD_SIZE");
-  const bool one_of_many = world != nullptr && std::string(world) != "1" && *world != '\0';
   if (a.nproc > 1) {
-    if (one_of_many)
+    if (started_as_rank())
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + " in a process that is "
-                                  "already a rank (WORLD_SIZE = " + world + " is set)");
+                                  "already a rank (WORLD_SIZE > 1 is set)");
     if (config.moe && config.moe->n_expert() % a.nproc != 0)
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
                                   std::to_string(config.moe->n_expert()) + " experts do not "
                                   "split evenly over " + std::to_string(a.nproc) + " ranks");
-    return launch_workers(a);  // the config was checked once here, before any worker starts
+    return launch_ranks(a);  // the config was checked once here, before any rank starts
   }
   TrainerOptions options;
-  if (one_of_many) options.group = dist::Communicator::from_environment();
+  options.group = group_from_environment();
   const bool lead = options.group == nullptr || options.group->rank() == 0;
   options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
   options.resume = a.resume;

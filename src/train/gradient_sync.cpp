@@ -1,22 +1,45 @@
 #include "xmoe/train/gradient_sync.h"
 
 #include "xmoe/moe/moe_layer.h"
+#include "xmoe/train/fused_adamw.h"
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <unordered_set>
 #include <vector>
 
 namespace xmoe {
 
-void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group) {
-  if (group.size() == 1) return;
-  std::unordered_set<const void*> sharded;  // expert parameters, by storage identity
+namespace {
+
+/// The expert parameters of the expert-parallel MoE layers of `model`, by tensor identity.
+std::unordered_set<const void*> expert_shards(const torch::nn::Module& model) {
+  std::unordered_set<const void*> sharded;
   for (const auto& module : model.modules(/*include_self=*/true)) {
     auto* layer = dynamic_cast<MoELayerImpl*>(module.get());
     if (layer == nullptr || layer->expert_parallel_size() == 1) continue;
     for (const auto& p : layer->experts()->parameters()) sharded.insert(p.unsafeGetTensorImpl());
   }
+  return sharded;
+}
+
+}  // namespace
+
+double total_gradient_norm(const torch::nn::Module& model,
+                           const std::vector<at::Tensor>& with_grad, dist::Communicator& group) {
+  const std::unordered_set<const void*> sharded = expert_shards(model);
+  std::vector<at::Tensor> replicated, shards;
+  for (const at::Tensor& p : with_grad)
+    (sharded.count(p.unsafeGetTensorImpl()) ? shards : replicated).push_back(p);
+  std::vector<at::Tensor> shard_sum{at::full({1}, squared_gradient_norm(shards), at::kDouble)};
+  group.all_reduce_sum(shard_sum);
+  return std::sqrt(squared_gradient_norm(replicated) + shard_sum[0].item<double>());
+}
+
+void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group) {
+  if (group.size() == 1) return;
+  const std::unordered_set<const void*> sharded = expert_shards(model);
   const double inverse_ranks = 1.0 / group.size();
   std::vector<at::Tensor> replicated;
   for (auto& p : model.parameters()) {

@@ -34,7 +34,6 @@
 #include <memory>
 #include <set>
 #include <sstream>
-#include <unordered_set>
 
 namespace xmoe {
 
@@ -150,9 +149,6 @@ class Trainer {
   std::string router_rng(int64_t layer) const { return "rng.router." + std::to_string(layer); }
   /// Rank 0 writes the run directory and the metrics; every rank computes.
   bool lead() const { return group_->rank() == 0; }
-  /// ‖g‖₂ over the whole model: the replicated gradients (equal on every rank after the
-  /// synchronisation) and every rank's expert shards.
-  double total_gradient_norm(const std::vector<at::Tensor>& with_grad);
   /// Whether any rank was asked to stop.
   bool any_rank_stops(bool stop);
 
@@ -330,18 +326,6 @@ std::string Trainer::save_checkpoint() {
   return path;
 }
 
-double Trainer::total_gradient_norm(const std::vector<at::Tensor>& with_grad) {
-  std::unordered_set<const void*> shard_ids;
-  for (const auto& item : model_->named_parameters())
-    if (sharded_.count(item.key())) shard_ids.insert(item.value().unsafeGetTensorImpl());
-  std::vector<at::Tensor> replicated, shards;
-  for (const at::Tensor& p : with_grad)
-    (shard_ids.count(p.unsafeGetTensorImpl()) ? shards : replicated).push_back(p);
-  std::vector<at::Tensor> shard_sum{at::full({1}, squared_gradient_norm(shards), at::kDouble)};
-  group_->all_reduce_sum(shard_sum);
-  return std::sqrt(squared_gradient_norm(replicated) + shard_sum[0].item<double>());
-}
-
 bool Trainer::any_rank_stops(bool stop) {
   if (group_->size() == 1) return stop;
   std::vector<at::Tensor> flag{at::full({1}, stop ? 1 : 0, at::kLong)};
@@ -436,7 +420,9 @@ void Trainer::train_step(Accumulated& acc) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(last_lr_);
   GradientNorm norm;  // the model is split over the ranks: its norm too
   if (group_->size() > 1)
-    norm = [this](const std::vector<at::Tensor>& g) { return total_gradient_norm(g); };
+    norm = [this](const std::vector<at::Tensor>& g) {
+      return total_gradient_norm(*model_, g, *group_);
+    };
   last_grad_norm_ = clipped_adamw_step(*optimizer_, max_norm, norm);  // no update when not finite
   if (!std::isfinite(last_grad_norm_)) throw diverged(next, "the gradient norm is not finite");
   clear_gradients(*model_);

@@ -11,6 +11,8 @@
 
 #include <torch/nn/module.h>
 
+#include <vector>
+
 namespace xmoe {
 
 /// After backward on every rank, with the same model on each (same parameter order and shapes
@@ -19,5 +21,11 @@ namespace xmoe {
 /// parameter that requires grad but has none on this rank counts as zero there (and gets a zero
 /// gradient), so every rank reduces the same layout. Nothing happens for a group of one rank.
 void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group);
+
+/// ‖g‖₂ of the whole model after synchronize_gradients: of the gradients of `with_grad` (this
+/// rank's parameters that have one) — replicated ones once, expert shards of every rank (one
+/// all-reduce). For clipped_adamw_step's total_norm.
+double total_gradient_norm(const torch::nn::Module& model,
+                           const std::vector<at::Tensor>& with_grad, dist::Communicator& group);
 
 }  // namespace xmoe

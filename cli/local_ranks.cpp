@@ -1,0 +1,110 @@
+#include "local_ranks.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <stdexcept>
+
+namespace xmoe::cli {
+namespace {
+
+std::vector<pid_t> g_ranks;  // read by the signal handler while the ranks run
+
+extern "C" void forward_signal(int signal) {
+  for (pid_t pid : g_ranks) ::kill(pid, signal);  // kill is async-signal-safe
+}
+
+/// A TCP port on the loopback interface that nothing listens on right now.
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("--nproc: cannot open a socket to find a free port");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof(address);
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  ::close(fd);
+  if (!ok) throw std::runtime_error("--nproc: cannot find a free port on 127.0.0.1");
+  return ntohs(address.sin_port);
+}
+
+}  // namespace
+
+int run_local_ranks(const std::vector<std::string>& args, int nproc, const std::string& command) {
+  const std::string port = std::to_string(free_loopback_port());
+  std::vector<std::string> argv{"xmoe"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::signal(SIGINT, forward_signal);
+  std::signal(SIGTERM, forward_signal);
+  for (int rank = 0; rank < nproc; ++rank) {
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      forward_signal(SIGKILL);
+      throw std::runtime_error("--nproc: fork failed for rank " + std::to_string(rank));
+    }
+    if (pid == 0) {
+      std::signal(SIGINT, SIG_DFL);
+      std::signal(SIGTERM, SIG_DFL);
+      ::setenv("RANK", std::to_string(rank).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", port.c_str(), 1);
+      std::vector<char*> raw;
+      for (const std::string& s : argv) raw.push_back(const_cast<char*>(s.c_str()));
+      raw.push_back(nullptr);
+      ::execv("/proc/self/exe", raw.data());
+      std::perror("xmoe --nproc: exec");
+      ::_exit(127);
+    }
+    g_ranks.push_back(pid);
+  }
+  int status_of_run = 0;
+  size_t running = g_ranks.size();
+  while (running > 0) {
+    int status = 0;
+    const pid_t pid = ::wait(&status);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    --running;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && code != 130 && (status_of_run == 0 || status_of_run == 130)) {
+      status_of_run = code;
+      size_t rank = 0;
+      while (rank < g_ranks.size() && g_ranks[rank] != pid) ++rank;
+      std::cerr << command << ": rank " << rank << " of " << nproc << " failed (exit status "
+                << code << "); stopping the other ranks\n";
+      for (pid_t other : g_ranks)
+        if (other != pid) ::kill(other, SIGKILL);
+    } else if (code == 130 && status_of_run == 0) {
+      status_of_run = 130;  // stopped on a signal, with a checkpoint
+    }
+  }
+  g_ranks.clear();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  return status_of_run;
+}
+
+bool started_as_rank() {
+  const char* world = std::getenv("WORLD_SIZE");
+  return world != nullptr && *world != '\0' && std::string(world) != "1";
+}
+
+std::shared_ptr<dist::Communicator> group_from_environment() {
+  return started_as_rank() ? dist::Communicator::from_environment() : nullptr;
+}
+
+}  // namespace xmoe::cli
