@@ -136,7 +136,8 @@ int run_bench_train(const BenchTrainArgs& a) {
     return 0;
   }
   if (a.nproc > 1) {
-    if (a.profile > 0) throw std::invalid_argument("--profile runs in one process only (no --nproc)");
+    if (a.profile > 0)
+      throw std::invalid_argument("--profile runs in one process only (no --nproc)");
     if (config.moe && config.moe->n_expert() % a.nproc != 0)
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
                                   std::to_string(config.moe->n_expert()) +
@@ -202,7 +203,9 @@ int run_bench_train(const BenchTrainArgs& a) {
       const double s0 = now_ms();
       synchronize_gradients(*model, *group);
       if (i >= a.warmup && i < a.warmup + a.steps) sync_times.push_back(now_ms() - s0);
-      norm = [&](const std::vector<at::Tensor>& g) { return total_gradient_norm(*model, g, *group); };
+      norm = [&](const std::vector<at::Tensor>& g) {
+        return total_gradient_norm(*model, g, *group);
+      };
     }
     grad_norm = clipped_adamw_step(optimizer, max_norm, norm);
     clear_gradients(*model);

@@ -792,11 +792,14 @@ TEST(CliHelpAndDemo, ResumeWithoutARunSaysSo) {
 
 // `--nproc 2` runs two worker processes (ranks) that split the experts; the run directory is an
 // ordinary one (xmoe eval reads it alone), a resume must use as many ranks, and experts that do
-// not split evenly are refused before any worker starts.
+// not split evenly are refused before any worker starts. `bench train --nproc 2` reports once,
+// for both ranks' tokens.
 TEST(CliPretrain, TwoRanksTrainOneRunWithTheExpertsSplit) {
   TempDir dir("xmoe_cli_nproc");
-  xmoe_test::write_corpus(dir.file("corpus"), "train", {{"de", 150}, {"en", 300}, {"ru", 60}, {"zh", 30}}, 2);
-  xmoe_test::write_corpus(dir.file("corpus"), "valid", {{"de", 10}, {"en", 10}, {"ru", 10}, {"zh", 10}}, 3);
+  xmoe_test::write_corpus(dir.file("corpus"), "train",
+                          {{"de", 150}, {"en", 300}, {"ru", 60}, {"zh", 30}}, 2);
+  xmoe_test::write_corpus(dir.file("corpus"), "valid",
+                          {{"de", 10}, {"en", 10}, {"ru", 10}, {"zh", 10}}, 3);
   xmoe::train_tokenizer_from_corpus(dir.file("corpus"), "train", dir.file("spm"),
                                     xmoe_test::tiny_tokenizer_options());
   xmoe_test::write_file(dir.file("c.json"), R"({
@@ -810,7 +813,8 @@ TEST(CliPretrain, TwoRanksTrainOneRunWithTheExpertsSplit) {
   })");
   std::vector<CliResult> r = run_cli_all(
       dir, {"--threads 2 pretrain --config c.json --out run --nproc 2",
-            "pretrain --config c.json --out odd --nproc 3"});
+            "pretrain --config c.json --out odd --nproc 3",
+            "bench train --config c.json --vocab 200 --steps 2 --warmup 0 --nproc 2"});
   ASSERT_TRUE(Succeeded(r[0]));
   EXPECT_TRUE(Contains(r[0].err, "2 ranks (batch per rank; experts split over the ranks)"))
       << r[0].err;
@@ -819,6 +823,11 @@ TEST(CliPretrain, TwoRanksTrainOneRunWithTheExpertsSplit) {
   EXPECT_TRUE(Contains(r[1].err, "--nproc 3: moe.n_expert = 4 experts do not split evenly over "
                                  "3 ranks")) << r[1].err;
   EXPECT_FALSE(fs::exists(dir.file("odd")));
+  ASSERT_TRUE(Succeeded(r[2]));
+  const nlohmann::json bench = nlohmann::json::parse(r[2].out);  // rank 0 alone reports
+  EXPECT_EQ(bench.at("ranks").get<int>(), 2);
+  EXPECT_EQ(bench.at("tokens").get<int64_t>(), 2 * 4 * 24);  // 96-token batches of 24, per rank
+  EXPECT_GE(bench.at("gradient_sync_ms").get<double>(), 0.0);
 
   r = run_cli_all(dir, {"eval --checkpoint run --json --max-batches 2",
                         "pretrain --resume --out run --set train.steps=6"});

@@ -326,14 +326,20 @@ TEST_F(FinetuneTest, UnfrozenRoutingTrainsTheRouterAndAuxCoefZeroDropsTheAuxLoss
   const std::string embeddings = "model.layers.1.moe.router.expert_embed";
   ASSERT_EQ(before.tensors.count(embeddings), 1u);
   EXPECT_FALSE(at::equal(before.tensors.at(embeddings), after.tensors.at(embeddings)));
-  for (const nlohmann::json& line : metrics(o.out))
-    if (line["kind"] == "train") EXPECT_EQ(line["aux_loss"].get<double>(), 0.0) << line;
+  for (const nlohmann::json& line : metrics(o.out)) {
+    if (line["kind"] == "train") {
+      EXPECT_EQ(line["aux_loss"].get<double>(), 0.0) << line;
+    }
+  }
 
   FinetuneOptions with_aux = options("with-aux");
   with_aux.steps = 6;
   finetune(with_aux);
-  for (const nlohmann::json& line : metrics(with_aux.out))
-    if (line["kind"] == "train") EXPECT_GT(line["aux_loss"].get<double>(), 0.0) << line;
+  for (const nlohmann::json& line : metrics(with_aux.out)) {
+    if (line["kind"] == "train") {
+      EXPECT_GT(line["aux_loss"].get<double>(), 0.0) << line;
+    }
+  }
 }
 
 TEST_F(FinetuneTest, ASeedReproducesTheRun) {

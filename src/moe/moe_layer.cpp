@@ -105,7 +105,8 @@ at::Tensor MoELayerImpl::run_experts_parallel(const at::Tensor& x_sorted,
   int64_t* count = counts.data_ptr<int64_t>();
   for (int r = 0; r < n_rank; ++r) {
     send_rows[r] = offsets[(r + 1) * n_local] - offsets[r * n_local];
-    for (int64_t e = r * n_local; e < (r + 1) * n_local; ++e) count[e] = offsets[e + 1] - offsets[e];
+    for (int64_t e = r * n_local; e < (r + 1) * n_local; ++e)
+      count[e] = offsets[e + 1] - offsets[e];
   }
   // received[s · n_local + e]: rows rank s sends to this rank's expert e.
   const at::Tensor received =

@@ -212,8 +212,10 @@ void Trainer::prepare_run_dir(const Checkpoint* resume_from) {
 void Trainer::build(const std::string& tokenizer) {
   tokenizer_path_ = tokenizer;
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
-  train_data_ = std::make_unique<MlmDataset>(
-      *tokenizer_, dataset_options(config_, "train").seed(rank_seed(config_.train.seed, group_->rank())));
+  // Each rank draws its own batches.
+  MlmDatasetOptions train_options = dataset_options(config_, "train");
+  train_options.seed(rank_seed(config_.train.seed, group_->rank()));
+  train_data_ = std::make_unique<MlmDataset>(*tokenizer_, train_options);
   // A language without training text would never be sampled, yet count in every per-language
   // metric as if it were trained: refuse it, naming the file.
   for (int64_t l = 0; l < train_data_->n_languages(); ++l)
@@ -407,7 +409,8 @@ void Trainer::train_step(Accumulated& acc) {
   acc.tokens += tokens;
   if (acc.expert_counts.empty()) acc.expert_counts.resize(counts.size());
   for (size_t i = 0; i < counts.size(); ++i)
-    acc.expert_counts[i] = acc.expert_counts[i].defined() ? acc.expert_counts[i] + counts[i] : counts[i];
+    acc.expert_counts[i] =
+        acc.expert_counts[i].defined() ? acc.expert_counts[i] + counts[i] : counts[i];
   const double mlm = mlm_sum / t.accumulate, aux = aux_sum / t.accumulate;
   if (!std::isfinite(mlm) || !std::isfinite(aux)) {
     std::ostringstream msg;

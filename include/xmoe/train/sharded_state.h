@@ -1,4 +1,5 @@
-// The training state of an expert-parallel run as one ordinary checkpoint (docs/expert-parallel.md).
+// The training state of an expert-parallel run as one ordinary checkpoint
+// (docs/expert-parallel.md).
 //
 // Rank r holds experts [r·E/W, (r+1)·E/W) of every MoE layer, their AdamW moments, and its own
 // random generators and data position. A checkpoint holds the whole model — every expert, as a
