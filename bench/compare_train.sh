@@ -6,19 +6,21 @@
 # everywhere) and with --prune-last-layer (the last layer after attention only at the labelled
 # positions, as xmoe's mlm() does); the table gives the ratio to each. Usage:
 #   bench/compare_train.sh [--steps 4] [--warmup 1] [--repeats 1] [--routers config]
-#                          [--no-setup] [CONFIG.json | small ...]
+#                          [--nproc] [--no-setup] [CONFIG.json | small ...]
 # Without configs: every configs/tiny-*.json. "small" = configs/small-xmoe-softmax.json.
 # Configs whose router the peer does not implement (noisy_topk) get xmoe numbers only.
 # --routers: "config" = the config's own router, "dense" = the same model without MoE layers
 # (every FFN dense), any other name = --set moe.router=NAME.
 # --repeats R runs every cell R times (interleaved) and shows the best and the spread.
+# --nproc adds cells "2x1": two processes of one thread each, xmoe with the experts split over
+# them (`xmoe bench train --nproc 2`), the peer data parallel (`train_peer.py --nproc 2`).
 # XMOE_BUILD_DIR (default build) is the CMake build directory to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every row runs with the heap setting xmoe applies to itself (include/xmoe/util/heap.h): large
 # freed blocks stay mapped, so no implementation pays page faults for buffers it re-allocates.
 export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
-steps=4 warmup=1 repeats=1 routers=config setup=1
+steps=4 warmup=1 repeats=1 routers=config setup=1 nproc=0
 configs=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats=$2; shift 2 ;;
     --routers) routers=$2; shift 2 ;;
     --no-setup) setup=0; shift ;;
+    --nproc) nproc=1; shift ;;
     -*) echo "compare_train.sh: unknown argument $1" >&2; exit 2 ;;
     *) configs+=("$1"); shift ;;
   esac
@@ -88,6 +91,15 @@ for cfg in "${configs[@]}"; do
           fi
         done
       done
+      [ "$nproc" = 1 ] || continue
+      OMP_NUM_THREADS=1 "./$build/xmoe" --threads 2 bench train --config "$resolved" "${common[@]}" \
+        --nproc 2 | sed "s|^|$name |" >>"$out"
+      for variant in "" --prune-last-layer; do
+        [ "$peer" = 1 ] || continue
+        OMP_NUM_THREADS=1 "$py" bench/train_peer.py --config "$resolved" "${common[@]}" --threads 1 \
+          --nproc 2 $variant 2>"$tmp/err" | sed "s|^|$name |" >>"$out" ||
+          echo "PyTorch peer --nproc 2 failed for $name: $(tail -1 "$tmp/err")" >&2
+      done
     done
     echo "done: $name" >&2
   done
@@ -118,7 +130,7 @@ def train_gflop(c, tokens, pruned):
     return 3 * per_token * tokens / 1e9
 
 configs = dict(line.split() for line in open(sys.argv[2]))
-cells = collections.defaultdict(list)          # (name, impl, threads) -> [records]
+cells = collections.defaultdict(list)          # (name, impl, layout) -> [records]
 order, info = [], {}
 for line in open(sys.argv[1]):
     name, payload = line.split(" ", 1)
@@ -126,7 +138,9 @@ for line in open(sys.argv[1]):
     if name not in order:
         order.append(name)
     impl = r["impl"] if r["impl"] == "xmoe" or r["last_layer"] == "full" else "pytorch-pruned"
-    cells[(name, impl, r["threads"])].append(r)
+    ranks = r.get("ranks", 1)                  # layout: threads, or ranks x threads each
+    layout = "%dx%d" % (ranks, r["threads"]) if ranks > 1 else "%d" % r["threads"]
+    cells[(name, impl, layout)].append(r)
     info.setdefault(name, {}).setdefault(impl, r)
 
 def cell(recs):
@@ -136,10 +150,11 @@ def cell(recs):
     return "%.0f" % v[-1] if len(v) == 1 else "%.0f (%.0f-%.0f)" % (v[-1], v[0], v[-1])
 
 impls = ("xmoe", "pytorch", "pytorch-pruned")
-cols = [(impl, t) for impl in impls for t in (1, 2)]
+layouts = ["1", "2"] + sorted({k[2] for k in cells} - {"1", "2"})
+cols = [(impl, t) for impl in impls for t in layouts]
 print("masked-LM training tokens/s (median step; best of repeats, range in brackets)")
 print("%-22s%7s%9s" % ("config", "tokens", "params") +
-      "".join("%21s" % ("%s [%d]" % c) for c in cols) + "%9s%10s%10s" % ("xmoe/py", "/pruned", "GFLOP/s"))
+      "".join("%21s" % ("%s [%s]" % c) for c in cols) + "%9s%10s%10s" % ("xmoe/py", "/pruned", "GFLOP/s"))
 for name in order:
     x = info[name]["xmoe"]
     best = {impl: max((r["tokens_per_s"] for (n, i, t), rs in cells.items() if n == name and i == impl
@@ -155,7 +170,8 @@ for name in order:
         if p and (p["batch_checksum"] != x["batch_checksum"] or p["params"] != x["params"]):
             print("  WARNING %s %s: batches or parameter counts differ (checksum %s vs %s, params %d vs %d)"
                   % (name, impl, x["batch_checksum"], p["batch_checksum"], x["params"], p["params"]))
-print("xmoe/py = best xmoe tokens/s over best PyTorch tokens/s (any thread count); target >= 2.")
+print("[N] = N threads, [RxT] = R processes of T threads (xmoe: experts split; PyTorch: data parallel)")
+print("xmoe/py = best xmoe tokens/s over best PyTorch tokens/s (any cell); target >= 2.")
 print("  pytorch: the peer as plain encoder code (last layer at every position); pytorch-pruned and")
 print("  /pruned: the peer with the last layer after attention at the labelled positions only, as xmoe")
 print("GFLOP/s = matrix-multiply work xmoe does per step (fwd + bwd) per second, best xmoe cell")

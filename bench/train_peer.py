@@ -21,10 +21,18 @@ parameters with dim >= 2 only), zero_grad(set_to_none=True).
 --prune-last-layer runs the last layer after its attention only at the labelled positions, as
 xmoe's mlm() does (an MoE last layer routes every token and runs its experts for those only);
 without it the peer computes the last layer everywhere, as plain encoder code does.
+--nproc N: N processes (torch.distributed, Gloo), --threads each, data parallel as a PyTorch
+user runs it on one machine: every rank holds the whole model (experts replicated) and trains on
+its own batches; after backward the gradients (zeros where a rank has none, e.g. an idle expert)
+are averaged in one all-reduce of one flat buffer, then clipping and AdamW as above. Rank 0
+prints the JSON line, with the tokens of all ranks (the comparison with `xmoe bench train
+--nproc N`, whose experts are split instead).
 """
 import argparse
 import json
 import math
+import os
+import socket
 import statistics
 import sys
 import time
@@ -304,7 +312,26 @@ def main():
                    help="last layer after its attention only at the labelled positions (as xmoe)")
     p.add_argument("--profile", type=int, default=0,
                    help="profile this many extra steps: self time per op on stderr")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (Gloo all-reduce of the gradients)")
     a = p.parse_args()
+    if a.nproc > 1:
+        if a.profile:
+            raise SystemExit("--profile runs in one process only (no --nproc)")
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        torch.multiprocessing.spawn(train, args=(a, port), nprocs=a.nproc, join=True)
+    else:
+        train(0, a, None)
+
+
+def train(rank, a, port):
+    dist = None
+    if port is not None:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
+                                world_size=a.nproc)
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config, a.set)
     data, t = cfg["data"], cfg["train"]
@@ -324,7 +351,7 @@ def main():
     max_norm = t["clip_norm"] if t["clip_norm"] > 0 else float("inf")
 
     gen = torch.Generator()
-    gen.manual_seed(a.seed)
+    gen.manual_seed(a.seed + 1000003 * rank)  # each rank its own batches
     batches = [make_batch(batch_seqs, seq_len, a.vocab, data["mask_prob"], gen)
                for _ in range(a.warmup + a.steps + a.profile)]
     checksum = batches[0][0].sum().item() + batches[0][1].ne(-100).sum().item()
@@ -338,6 +365,16 @@ def main():
         loss, aux = model.mlm(ids, labels)
         (loss + aux).backward()
         loss_v, aux_v = loss.item(), aux.item()
+        if dist is not None:
+            grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in trainable]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= a.nproc
+            offset = 0
+            for q in trainable:
+                n = q.numel()
+                q.grad = flat[offset:offset + n].view_as(q)
+                offset += n
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -358,12 +395,14 @@ def main():
         for ms, name, calls in ops[:30]:
             print("%10.1f ms %7.0f calls  %s" % (ms, calls, name), file=sys.stderr)
     step_ms = statistics.median(times)
-    tokens = batch_seqs * seq_len
+    if rank != 0:
+        return
+    tokens = batch_seqs * seq_len * a.nproc
     moe = cfg["moe"]
     print(json.dumps({"impl": "pytorch", "config": cfg["name"],
                       "router": moe["router"] if moe else "dense", "batch_seqs": batch_seqs,
                       "seq_len": seq_len, "vocab": a.vocab, "tokens": tokens, "steps": a.steps,
-                      "warmup": a.warmup, "threads": torch.get_num_threads(), "step_ms": step_ms,
+                      "warmup": a.warmup, "threads": torch.get_num_threads(), "ranks": a.nproc, "step_ms": step_ms,
                       "step_ms_min": min(times), "step_ms_max": max(times),
                       "tokens_per_s": tokens / (step_ms / 1e3),
                       "params": sum(q.numel() for q in params), "last_loss": loss_v,

@@ -42,7 +42,6 @@
 #include <limits>
 #include <map>
 #include <memory>
-#include <set>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -165,11 +164,7 @@ int run_bench_train(const BenchTrainArgs& a) {
 
   // As the trainer: run-time random streams (dropout, router noise) from train.seed.
   seed_run_randomness(model, rank_seed(config.train.seed, rank));
-  // The whole model's parameters: expert shards count once per rank.
-  const std::set<std::string> shards = sharded_parameter_names(*model);
-  int64_t params = 0;
-  for (const auto& p : model->named_parameters())
-    params += p.value().numel() * (shards.count(p.key()) ? ranks : 1);
+  const int64_t params = whole_model_parameters(*model, ranks);
   const TrainConfig& t = config.train;
   const std::unique_ptr<torch::optim::AdamW> optimizer_ptr = make_optimizer(model->parameters(), t);
   torch::optim::AdamW& optimizer = *optimizer_ptr;

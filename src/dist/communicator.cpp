@@ -63,6 +63,20 @@ c10::intrusive_ptr<c10d::Store> in_process_store(const std::string& name) {
   return store;
 }
 
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+/// The network interface this rank talks through: GLOO_SOCKET_IFNAME when set (as in PyTorch),
+/// loopback when every rank is on this host, else the interface of this host's name.
+std::shared_ptr<::gloo::transport::Device> transport_device(const Rendezvous& where) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname)
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  if (where.kind != Rendezvous::Kind::kTcp || is_loopback(where.address))
+    return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
 class GlooGroup final : public Communicator {
  public:
   GlooGroup(int rank, int size, const Rendezvous& where, std::chrono::milliseconds timeout)
@@ -89,10 +103,7 @@ class GlooGroup final : public Communicator {
     store->setTimeout(timeout);
     auto options = c10d::ProcessGroupGloo::Options::create();
     options->timeout = timeout;
-    // Loopback for the in-process and single-host cases; the store's address otherwise.
-    const std::string host =
-        where.kind == Rendezvous::Kind::kTcp ? where.address : std::string("127.0.0.1");
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    options->devices.push_back(transport_device(where));
     group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
   }
 
@@ -278,10 +289,11 @@ std::vector<at::Tensor> Communicator::gather(const at::Tensor& tensor, int root)
 
 void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   if (size_ == 1 || tensors.empty()) return;
-  // Gloo reduces host tensors; device tensors are staged and copied back in place.
+  // Gloo reduces contiguous host tensors; others are staged and copied back in place.
+  auto direct = [](const at::Tensor& t) { return t.device().is_cpu() && t.is_contiguous(); };
   std::vector<at::Tensor> host;
   host.reserve(tensors.size());
-  for (const auto& t : tensors) host.push_back(t.device().is_cpu() ? t : t.cpu());
+  for (const auto& t : tensors) host.push_back(direct(t) ? t : t.contiguous().cpu());
   guarded("all_reduce_sum", [&] {
     for (auto& t : host) {
       std::vector<at::Tensor> one{t};
@@ -289,7 +301,7 @@ void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
     }
   });
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (!tensors[i].device().is_cpu()) tensors[i].copy_(host[i]);
+    if (!direct(tensors[i])) tensors[i].copy_(host[i]);
 }
 
 void Communicator::barrier() {

@@ -46,6 +46,14 @@ std::set<std::string> sharded_parameter_names(const torch::nn::Module& model) {
   return names;
 }
 
+int64_t whole_model_parameters(const torch::nn::Module& model, int ranks) {
+  const std::set<std::string> shards = sharded_parameter_names(model);
+  int64_t n = 0;
+  for (const auto& p : model.named_parameters())
+    n += p.value().numel() * (shards.count(p.key()) ? ranks : 1);
+  return n;
+}
+
 TensorMap gather_training_state(const TensorMap& local, const std::set<std::string>& sharded,
                                 dist::Communicator& group) {
   if (group.size() == 1) return local;

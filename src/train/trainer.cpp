@@ -9,10 +9,10 @@
 #include "xmoe/train/checkpoint.h"
 #include "xmoe/train/evaluate.h"
 #include "xmoe/train/fused_adamw.h"
+#include "xmoe/train/gradient_sync.h"
 #include "xmoe/train/lr_schedule.h"
 #include "xmoe/train/metrics_log.h"
 #include "xmoe/train/progress.h"
-#include "xmoe/train/gradient_sync.h"
 #include "xmoe/train/routing_probe.h"
 #include "xmoe/train/sharded_state.h"
 #include "xmoe/train/training_state.h"
@@ -589,8 +589,7 @@ TrainResult Trainer::run() {
   result.valid_loss = NAN;
   const TrainConfig& t = config_.train;
   if (options_.progress) {
-    int64_t n_params = 0;
-    for (const auto& p : model_->parameters()) n_params += p.numel();
+    const int64_t n_params = whole_model_parameters(*model_, group_->size());
     std::cerr << "xmoe pretrain: " << config_.name << ", " << n_params << " parameters, "
               << train_data_->n_languages() << " languages, "
               << (group_->size() > 1 ? std::to_string(group_->size()) + " ranks (batch per rank; "

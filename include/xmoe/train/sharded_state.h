@@ -22,6 +22,9 @@ namespace xmoe {
 /// MoE layers: the tensors that are shards.
 std::set<std::string> sharded_parameter_names(const torch::nn::Module& model);
 
+/// Parameters of the whole model: this rank's, with every expert shard counted once per rank.
+int64_t whole_model_parameters(const torch::nn::Module& model, int ranks);
+
 /// Prefixes of the tensors every rank has its own value of: generators and data position.
 inline const std::vector<std::string> kPerRankPrefixes = {"rng.", "data."};
 
