@@ -68,6 +68,23 @@ TEST(ExpertParallel, AllReduceSumsOverRanks) {
   });
 }
 
+TEST(ExpertParallel, GatherCollectsTensorsOfAnyShapeOnTheRoot) {
+  run_ranks(3, [](int rank, Communicator& group) {
+    // Rank r sends an [r + 1, 2] matrix of r's; rank 2 a scalar instead.
+    const at::Tensor mine = rank == 2 ? at::full({}, 7.0) : at::full({rank + 1, 2}, 1.0 * rank);
+    const std::vector<at::Tensor> got = group.gather(mine, /*root=*/1);
+    if (rank != 1) {
+      EXPECT_TRUE(got.empty());
+      return;
+    }
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_TRUE(at::equal(got[0], at::zeros({1, 2})));
+    EXPECT_TRUE(at::equal(got[1], at::ones({2, 2})));
+    EXPECT_EQ(got[2].dim(), 0);
+    EXPECT_EQ(got[2].item<double>(), 7.0);
+  });
+}
+
 struct ParallelCase {
   int world;
   std::string router;
