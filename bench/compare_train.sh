@@ -12,8 +12,9 @@
 # --routers: "config" = the config's own router, "dense" = the same model without MoE layers
 # (every FFN dense), any other name = --set moe.router=NAME.
 # --repeats R runs every cell R times (interleaved) and shows the best and the spread.
-# --nproc adds cells "2x1": two processes of one thread each, xmoe with the experts split over
-# them (`xmoe bench train --nproc 2`), the peer data parallel (`train_peer.py --nproc 2`).
+# --nproc adds cells "2x1": two processes of one thread each, data parallel (every rank holds
+# the whole model: `xmoe bench train --nproc 2 --experts replicated`, `train_peer.py --nproc 2`),
+# and for xmoe "2x1ep": the experts split over the two (`--experts split`).
 # XMOE_BUILD_DIR (default build) is the CMake build directory to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,8 +93,10 @@ for cfg in "${configs[@]}"; do
         done
       done
       [ "$nproc" = 1 ] || continue
-      OMP_NUM_THREADS=1 "./$build/xmoe" --threads 2 bench train --config "$resolved" "${common[@]}" \
-        --nproc 2 | sed "s|^|$name |" >>"$out"
+      for experts in replicated split; do
+        OMP_NUM_THREADS=1 "./$build/xmoe" --threads 2 bench train --config "$resolved" "${common[@]}" \
+          --nproc 2 --experts "$experts" | sed "s|^|$name |" >>"$out"
+      done
       for variant in "" --prune-last-layer; do
         [ "$peer" = 1 ] || continue
         OMP_NUM_THREADS=1 "$py" bench/train_peer.py --config "$resolved" "${common[@]}" --threads 1 \
@@ -140,6 +143,8 @@ for line in open(sys.argv[1]):
     impl = r["impl"] if r["impl"] == "xmoe" or r["last_layer"] == "full" else "pytorch-pruned"
     ranks = r.get("ranks", 1)                  # layout: threads, or ranks x threads each
     layout = "%dx%d" % (ranks, r["threads"]) if ranks > 1 else "%d" % r["threads"]
+    if r.get("experts") == "split":
+        layout += "ep"
     cells[(name, impl, layout)].append(r)
     info.setdefault(name, {}).setdefault(impl, r)
 
@@ -170,7 +175,7 @@ for name in order:
         if p and (p["batch_checksum"] != x["batch_checksum"] or p["params"] != x["params"]):
             print("  WARNING %s %s: batches or parameter counts differ (checksum %s vs %s, params %d vs %d)"
                   % (name, impl, x["batch_checksum"], p["batch_checksum"], x["params"], p["params"]))
-print("[N] = N threads, [RxT] = R processes of T threads (xmoe: experts split; PyTorch: data parallel)")
+print("[N] = N threads, [RxT] = R processes of T threads, data parallel; [RxTep]: experts split")
 print("xmoe/py = best xmoe tokens/s over best PyTorch tokens/s (any cell); target >= 2.")
 print("  pytorch: the peer as plain encoder code (last layer at every position); pytorch-pruned and")
 print("  /pruned: the peer with the last layer after attention at the labelled positions only, as xmoe")

@@ -58,6 +58,7 @@ struct BenchTrainArgs {
   std::vector<std::string> set;
   int64_t steps = 10, warmup = 2, batch_seqs = 0, seq_len = 0, vocab = 8000, profile = 0;
   int nproc = 1;
+  std::string experts = "split";
   uint64_t seed = 1;
   bool print_config = false;
   bool full_last_layer = false;
@@ -125,6 +126,7 @@ int launch_ranks(const BenchTrainArgs& a) {
     args.insert(args.end(), {flag, std::to_string(value)});
   args.insert(args.end(), {"--seed", std::to_string(a.seed)});
   if (a.full_last_layer) args.push_back("--full-last-layer");
+  args.insert(args.end(), {"--experts", a.experts});
   return run_local_ranks(args, a.nproc, "xmoe bench train");
 }
 
@@ -137,7 +139,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   if (a.nproc > 1) {
     if (a.profile > 0)
       throw std::invalid_argument("--profile runs in one process only (no --nproc)");
-    if (config.moe && config.moe->n_expert() % a.nproc != 0)
+    if (a.experts == "split" && config.moe && config.moe->n_expert() % a.nproc != 0)
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
                                   std::to_string(config.moe->n_expert()) +
                                   " experts do not split evenly over the ranks");
@@ -157,7 +159,7 @@ int run_bench_train(const BenchTrainArgs& a) {
                                 ": at most 2^24 tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
-  EncoderOptions eo = encoder_options(config, a.vocab, group);
+  EncoderOptions eo = encoder_options(config, a.vocab, a.experts == "split" ? group : nullptr);
   eo.max_len(std::max(eo.max_len(), seq_len)).prune_last_layer(!a.full_last_layer);
   MoEEncoder model(eo);
   model->train();
@@ -246,6 +248,7 @@ int run_bench_train(const BenchTrainArgs& a) {
       {"warmup", a.warmup},
       {"threads", at::get_num_threads()},
       {"ranks", ranks},
+      {"experts", ranks > 1 ? a.experts : std::string("local")},
       {"step_ms", step_ms},
       {"step_ms_min", *std::min_element(times.begin(), times.end())},
       {"step_ms_max", *std::max_element(times.begin(), times.end())},
@@ -297,6 +300,10 @@ void register_bench_train(CLI::App& bench) {
                   "Ranks, one process each on this machine, the cores shared out: data parallel "
                   "with the experts split (tokens/s of all ranks together)")
       ->check(int_in(1, 64));
+  cmd->add_option("--experts", args->experts,
+                  "With --nproc: split over the ranks, or replicated (plain data parallelism)")
+      ->check(CLI::IsMember({"split", "replicated"}))
+      ->capture_default_str();
   cmd->callback([args] {
     const int rc = run_bench_train(*args);
     if (rc != 0) throw CLI::RuntimeError(rc);

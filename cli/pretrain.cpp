@@ -39,6 +39,7 @@ struct PretrainArgs {
   std::vector<std::string> set;
   bool resume = false, quiet = false;
   int nproc = 1;
+  std::string experts = "split";
 };
 
 std::atomic<bool> g_stop{false};
@@ -77,6 +78,7 @@ int launch_ranks(const PretrainArgs& a) {
   for (const std::string& s : a.set) args.insert(args.end(), {"--set", s});
   if (a.resume) args.push_back("--resume");
   if (a.quiet) args.push_back("--quiet");
+  args.insert(args.end(), {"--experts", a.experts});
   return run_local_ranks(args, a.nproc, "xmoe pretrain");
 }
 
@@ -99,7 +101,7 @@ int run_pretrain(const PretrainArgs& a) {
     if (started_as_rank())
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + " in a process that is "
                                   "already a rank (WORLD_SIZE > 1 is set)");
-    if (config.moe && config.moe->n_expert() % a.nproc != 0)
+    if (a.experts == "split" && config.moe && config.moe->n_expert() % a.nproc != 0)
       throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
                                   std::to_string(config.moe->n_expert()) + " experts do not "
                                   "split evenly over " + std::to_string(a.nproc) + " ranks");
@@ -107,6 +109,7 @@ int run_pretrain(const PretrainArgs& a) {
   }
   TrainerOptions options;
   options.group = group_from_environment();
+  options.split_experts = a.experts == "split";
   const bool lead = options.group == nullptr || options.group->rank() == 0;
   options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
   options.resume = a.resume;
@@ -156,6 +159,11 @@ void register_pretrain(CLI::App& app) {
                   "experts split over the ranks (moe.n_expert a multiple of N; "
                   "docs/expert-parallel.md)")
       ->check(int_in(1, 64));
+  cmd->add_option("--experts", args->experts,
+                  "With several ranks: split (each rank holds n_expert / N experts, default) or "
+                  "replicated (every rank holds all: plain data parallelism)")
+      ->check(CLI::IsMember({"split", "replicated"}))
+      ->capture_default_str();
   cmd->callback([args] {
     const int rc = run_pretrain(*args);
     if (rc != 0) throw CLI::RuntimeError(rc);

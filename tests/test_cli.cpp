@@ -840,9 +840,15 @@ TEST(CliPretrain, TwoRanksTrainOneRunWithTheExpertsSplit) {
   EXPECT_TRUE(r[1].exited && r[1].code == 1) << r[1].err;
   EXPECT_TRUE(Contains(r[1].err, "written by a run on 2 rank(s)")) << r[1].err;
 
-  r = run_cli_all(dir, {"pretrain --resume --out run --set train.steps=6 --nproc 2 --quiet"});
+  // Replicated experts need not divide: plain data parallelism on 3 ranks.
+  r = run_cli_all(dir, {"pretrain --resume --out run --set train.steps=6 --nproc 2 --quiet",
+                        "pretrain --config c.json --out rep --nproc 3 --experts replicated "
+                        "--set train.steps=2"});
   ASSERT_TRUE(Succeeded(r[0]));
   EXPECT_TRUE(fs::exists(dir.file("run/checkpoints/step-000006.safetensors")));
+  ASSERT_TRUE(Succeeded(r[1]));
+  EXPECT_TRUE(Contains(r[1].err, "3 ranks (batch per rank; experts replicated)")) << r[1].err;
+  EXPECT_TRUE(fs::exists(dir.file("rep/checkpoints/step-000002.safetensors")));
 }
 
 // Out-of-range numbers are named with the rule they break, not CLI11's raw double bounds.

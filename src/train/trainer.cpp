@@ -238,7 +238,8 @@ void Trainer::build(const std::string& tokenizer) {
   config_.data.languages = train_data_->languages();
   valid_data_ = std::make_unique<MlmDataset>(*tokenizer_, dataset_options(config_, "valid"));
 
-  model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size(), group_));
+  model_ = MoEEncoder(encoder_options(config_, tokenizer_->vocab_size(),
+                                      options_.split_experts ? group_ : nullptr));
   sharded_ = sharded_parameter_names(*model_);
   // Initialisation depends on model.init_seed only; every run-time random stream on train.seed,
   // so runs that differ only in train.seed start from the same weights.
@@ -592,8 +593,9 @@ TrainResult Trainer::run() {
     const int64_t n_params = whole_model_parameters(*model_, group_->size());
     std::cerr << "xmoe pretrain: " << config_.name << ", " << n_params << " parameters, "
               << train_data_->n_languages() << " languages, "
-              << (group_->size() > 1 ? std::to_string(group_->size()) + " ranks (batch per rank; "
-                                           "experts split over the ranks), " : std::string())
+              << (group_->size() == 1 ? std::string()
+                  : std::to_string(group_->size()) + " ranks (batch per rank; experts " +
+                        (sharded_.empty() ? "replicated" : "split over the ranks") + "), ")
               << (resume_from ? "resuming at step " + std::to_string(step_) : std::string("from scratch"))
               << ", " << t.steps << " steps -> " << options_.run_dir << "\n";
   }

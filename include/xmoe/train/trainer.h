@@ -77,6 +77,9 @@ struct TrainerOptions {
   /// run_dir; each trains on its own batches (W × the configured batch per step), the MoE
   /// layers' experts are split over the ranks, and rank 0 alone writes the run directory.
   std::shared_ptr<dist::Communicator> group;
+  /// With a group: split the experts over the ranks (expert parallelism, default) or keep all of
+  /// them on every rank (pure data parallelism: every gradient is all-reduced).
+  bool split_experts = true;
 };
 
 struct TrainResult {
