@@ -192,6 +192,45 @@ INSTANTIATE_TEST_SUITE_P(
                       ParallelCase{8, "dot", 2, 0.0, 1, ExpertPath::kReference}),
     parallel_case_name);
 
+// Rank 1's experts never win: it receives no row, yet takes part in both backward exchanges
+// (else rank 0 would wait in them until the timeout), and its shard gets zero gradients — the
+// whole layer's rows for idle experts — so its optimizer steps them like rank 0's.
+TEST(ExpertParallel, AnIdleShardGetsZeroGradients) {
+  for (const bool input_grad : {false, true}) {  // weights only, and the input's gradient too
+    SCOPED_TRACE(input_grad ? "input requires grad" : "weights only");
+    run_ranks(2, [&](int rank, Communicator& group) {
+      MoELayer layer(MoELayerOptions(6, 8, 4).seed(3).expert_path(ExpertPath::kReference)
+                         .expert_group(group.shared_from_this()));
+      layer->to(at::kDouble);
+      {
+        at::NoGradGuard no_grad;
+        at::Tensor w = layer->router().named_parameters()["weight"];
+        for (int64_t e : {2, 3}) {
+          w[e].fill_(0);
+          w[e][0] = -50.0;  // with x[:, 0] > 0 experts 2 and 3 always lose
+        }
+      }
+      at::Tensor x = at::randn({9, 6}, at::kDouble).abs_().requires_grad_(input_grad);
+      MoEOutput out = layer->forward(x);
+      EXPECT_EQ(out.routing.stats.tokens_per_expert.slice(0, 2).sum().item<int64_t>(), 0);
+      out.output.sum().backward();
+      synchronize_gradients(*layer, group);
+      for (const auto& p : layer->experts()->parameters()) {
+        ASSERT_TRUE(p.grad().defined());
+        const double largest = p.grad().abs().max().item<double>();
+        if (rank == 1) {
+          EXPECT_EQ(largest, 0.0);
+        } else {
+          EXPECT_GT(largest, 0.0);
+        }
+      }
+      if (input_grad) {
+        EXPECT_GT(x.grad().abs().max().item<double>(), 0.0);
+      }
+    }, std::chrono::seconds(20));
+  }
+}
+
 TEST(ExpertParallel, ShardsTogetherHoldTheWholeLayersExperts) {
   auto options = MoELayerOptions(6, 9, 4).expert_depth(2).seed(5);
   MoELayer whole(options);

@@ -142,8 +142,14 @@ at::Tensor MoELayerImpl::run_experts_parallel(const at::Tensor& x_sorted,
 
   const at::Tensor x_received = dist::exchange_rows(group, x_sorted, send_rows, recv_rows);
   const at::Tensor x_local = x_received.index_select(0, by_expert.to(x_sorted.device()));
-  const at::Tensor y_local = fast ? experts_->forward_sorted_fast(x_local, local_offsets)
-                                  : experts_->forward_sorted(x_local, local_offsets);
+  at::Tensor y_local = fast ? experts_->forward_sorted_fast(x_local, local_offsets)
+                            : experts_->forward_sorted(x_local, local_offsets);
+  if (n_received == 0) {
+    // No row for this rank's experts: the result is empty, but it must stay in the autograd
+    // graph as on the other ranks (through the input and the experts' weights), or this rank
+    // would skip the backward exchanges the others wait in. The weights get zero gradients.
+    y_local = x_local + experts_->sublayer(0)->w1.sum() * 0;
+  }
   const at::Tensor y_received = y_local.index_select(0, back.to(x_sorted.device()));
   return dist::exchange_rows(group, y_received, recv_rows, send_rows);
 }

@@ -44,11 +44,14 @@ void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group) 
   std::vector<at::Tensor> replicated;
   for (auto& p : model.parameters()) {
     if (!p.requires_grad()) continue;
+    // A parameter this rank's batch did not reach (an idle shard of experts) gets zeros, as
+    // its rows of the whole model's gradient have: every rank then steps (and checkpoints) the
+    // same set of optimizer states.
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     if (sharded.count(p.unsafeGetTensorImpl())) {
-      if (p.grad().defined()) p.mutable_grad().mul_(inverse_ranks);
+      p.mutable_grad().mul_(inverse_ranks);
       continue;
     }
-    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     replicated.push_back(p.grad());
   }
   if (replicated.empty()) return;

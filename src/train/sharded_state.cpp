@@ -57,6 +57,12 @@ int64_t whole_model_parameters(const torch::nn::Module& model, int ranks) {
 TensorMap gather_training_state(const TensorMap& local, const std::set<std::string>& sharded,
                                 dist::Communicator& group) {
   if (group.size() == 1) return local;
+  // Every rank walks the same keys below; a rank with another set would pair tensors wrongly.
+  std::vector<at::Tensor> counts{at::full({1}, static_cast<int64_t>(local.size()), at::kLong)};
+  group.all_reduce_sum(counts);
+  if (counts[0].item<int64_t>() != static_cast<int64_t>(local.size()) * group.size())
+    throw std::runtime_error("xmoe: the ranks hold training states of different sizes (this rank " +
+                             std::to_string(local.size()) + " tensors); no checkpoint written");
   TensorMap whole;
   const bool root = group.rank() == 0;
   // std::map order: every rank walks the same keys in the same order.

@@ -79,7 +79,8 @@ struct MoELayerOptions {
   /// group's W ranks, rank r holding experts [r·E/W, (r+1)·E/W) with the values the unsplit
   /// layer of the same seed has there. Each rank routes its own tokens over all E experts; the
   /// rows travel to their expert's rank and back (two all-to-all exchanges forward, two
-  /// backward). Every rank must run this layer's forward and backward in step with the others.
+  /// backward). Every rank must run this layer's forward and backward in step with the others,
+  /// with inputs that require grad alike (a rank whose experts get no row still takes part).
   /// Null or a group of one rank: all experts are local. n_expert must be a multiple of W.
   TORCH_ARG(std::shared_ptr<dist::Communicator>, expert_group) = nullptr;
 

@@ -17,9 +17,10 @@ namespace xmoe {
 
 /// After backward on every rank, with the same model on each (same parameter order and shapes
 /// of the replicated parameters): replicated gradients ← mean over the ranks (one all-reduce of
-/// one flat buffer), expert gradients of expert-parallel MoE layers ← gradient / W. A replicated
-/// parameter that requires grad but has none on this rank counts as zero there (and gets a zero
-/// gradient), so every rank reduces the same layout. Nothing happens for a group of one rank.
+/// one flat buffer), expert gradients of expert-parallel MoE layers ← gradient / W. A parameter
+/// that requires grad but has none on this rank (not reached by its batch) gets a zero gradient,
+/// so every rank reduces the same layout and keeps the same optimizer states. Nothing happens
+/// for a group of one rank.
 void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group);
 
 /// ‖g‖₂ of the whole model after synchronize_gradients: of the gradients of `with_grad` (this
