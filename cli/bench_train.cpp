@@ -57,8 +57,7 @@ struct BenchTrainArgs {
   std::string config;
   std::vector<std::string> set;
   int64_t steps = 10, warmup = 2, batch_seqs = 0, seq_len = 0, vocab = 8000, profile = 0;
-  int nproc = 1;
-  std::string experts = "split";
+  RankOptions ranks;
   uint64_t seed = 1;
   bool print_config = false;
   bool full_last_layer = false;
@@ -114,11 +113,9 @@ std::map<std::string, OpTime> self_ms(const torch::autograd::profiler::thread_ev
   return out;
 }
 
-/// `xmoe bench train` with the same arguments, once per rank, the cores shared out.
+/// `xmoe bench train` with the same arguments, once per rank.
 int launch_ranks(const BenchTrainArgs& a) {
-  const int threads = std::max(1, at::get_num_threads() / a.nproc);
-  std::vector<std::string> args{"--threads", std::to_string(threads), "bench", "train",
-                                "--config", a.config};
+  std::vector<std::string> args{"bench", "train", "--config", a.config};
   for (const std::string& s : a.set) args.insert(args.end(), {"--set", s});
   for (const auto& [flag, value] : std::vector<std::pair<std::string, int64_t>>{
            {"--steps", a.steps}, {"--warmup", a.warmup}, {"--batch-seqs", a.batch_seqs},
@@ -126,8 +123,7 @@ int launch_ranks(const BenchTrainArgs& a) {
     args.insert(args.end(), {flag, std::to_string(value)});
   args.insert(args.end(), {"--seed", std::to_string(a.seed)});
   if (a.full_last_layer) args.push_back("--full-last-layer");
-  args.insert(args.end(), {"--experts", a.experts});
-  return run_local_ranks(args, a.nproc, "xmoe bench train");
+  return run_local_ranks(args, a.ranks, "xmoe bench train");
 }
 
 int run_bench_train(const BenchTrainArgs& a) {
@@ -136,13 +132,10 @@ int run_bench_train(const BenchTrainArgs& a) {
     std::cout << config.to_json() << std::endl;
     return 0;
   }
-  if (a.nproc > 1) {
+  if (a.ranks.nproc > 1) {
     if (a.profile > 0)
       throw std::invalid_argument("--profile runs in one process only (no --nproc)");
-    if (a.experts == "split" && config.moe && config.moe->n_expert() % a.nproc != 0)
-      throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
-                                  std::to_string(config.moe->n_expert()) +
-                                  " experts do not split evenly over the ranks");
+    check_rank_request(a.ranks, config);
     return launch_ranks(a);
   }
   // One rank of several (--nproc): data parallel, experts split; rank 0 reports.
@@ -159,7 +152,7 @@ int run_bench_train(const BenchTrainArgs& a) {
                                 ": at most 2^24 tokens per batch");
   if (a.vocab <= Tokenizer::kNumSpecial)
     throw std::invalid_argument("--vocab must be > " + std::to_string(Tokenizer::kNumSpecial));
-  EncoderOptions eo = encoder_options(config, a.vocab, a.experts == "split" ? group : nullptr);
+  EncoderOptions eo = encoder_options(config, a.vocab, a.ranks.split_experts() ? group : nullptr);
   eo.max_len(std::max(eo.max_len(), seq_len)).prune_last_layer(!a.full_last_layer);
   MoEEncoder model(eo);
   model->train();
@@ -248,7 +241,7 @@ int run_bench_train(const BenchTrainArgs& a) {
       {"warmup", a.warmup},
       {"threads", at::get_num_threads()},
       {"ranks", ranks},
-      {"experts", ranks > 1 ? a.experts : std::string("local")},
+      {"experts", ranks > 1 ? a.ranks.experts : std::string("local")},
       {"step_ms", step_ms},
       {"step_ms_min", *std::min_element(times.begin(), times.end())},
       {"step_ms_max", *std::max_element(times.begin(), times.end())},
@@ -296,14 +289,7 @@ void register_bench_train(CLI::App& bench) {
                 "Run the last layer at every position (as a plain encoder does), not only at the "
                 "labelled ones");
   cmd->add_flag("--print-config", args->print_config, "Print the resolved config (every key) and exit");
-  cmd->add_option("--nproc", args->nproc,
-                  "Ranks, one process each on this machine, the cores shared out: data parallel "
-                  "with the experts split (tokens/s of all ranks together)")
-      ->check(int_in(1, 64));
-  cmd->add_option("--experts", args->experts,
-                  "With --nproc: split over the ranks, or replicated (plain data parallelism)")
-      ->check(CLI::IsMember({"split", "replicated"}))
-      ->capture_default_str();
+  add_rank_options(cmd, args->ranks);  // tokens/s of all ranks together
   cmd->callback([args] {
     const int rc = run_bench_train(*args);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -1,5 +1,9 @@
 #include "local_ranks.h"
 
+#include "validators.h"
+
+#include <ATen/Parallel.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -7,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -41,10 +46,38 @@ int free_loopback_port() {
 
 }  // namespace
 
-int run_local_ranks(const std::vector<std::string>& args, int nproc, const std::string& command) {
+void add_rank_options(CLI::App* cmd, RankOptions& ranks) {
+  cmd->add_option("--nproc", ranks.nproc,
+                  "Ranks on this machine, one process each, the cores shared out: data parallel, "
+                  "each rank with its own batches (docs/expert-parallel.md)")
+      ->check(int_in(1, 64));
+  cmd->add_option("--experts", ranks.experts,
+                  "With several ranks: split (each rank holds n_expert / N experts) or "
+                  "replicated (every rank holds all: plain data parallelism)")
+      ->check(CLI::IsMember({"split", "replicated"}))
+      ->capture_default_str();
+}
+
+void check_rank_request(const RankOptions& ranks, const PretrainConfig& config) {
+  const std::string nproc = "--nproc " + std::to_string(ranks.nproc);
+  if (started_as_rank())
+    throw std::invalid_argument(nproc + " in a process that is already a rank (WORLD_SIZE > 1 "
+                                "is set)");
+  if (ranks.split_experts() && config.moe && config.moe->n_expert() % ranks.nproc != 0)
+    throw std::invalid_argument(nproc + ": moe.n_expert = " +
+                                std::to_string(config.moe->n_expert()) +
+                                " experts do not split evenly over " +
+                                std::to_string(ranks.nproc) + " ranks");
+}
+
+int run_local_ranks(const std::vector<std::string>& args, const RankOptions& ranks,
+                    const std::string& command) {
+  const int nproc = ranks.nproc;
   const std::string port = std::to_string(free_loopback_port());
-  std::vector<std::string> argv{"xmoe"};
+  std::vector<std::string> argv{"xmoe", "--threads",
+                                std::to_string(std::max(1, at::get_num_threads() / nproc))};
   argv.insert(argv.end(), args.begin(), args.end());
+  argv.insert(argv.end(), {"--experts", ranks.experts});
   std::signal(SIGINT, forward_signal);
   std::signal(SIGTERM, forward_signal);
   for (int rank = 0; rank < nproc; ++rank) {

@@ -38,8 +38,7 @@ struct PretrainArgs {
   std::string config, out;
   std::vector<std::string> set;
   bool resume = false, quiet = false;
-  int nproc = 1;
-  std::string experts = "split";
+  RankOptions ranks;
 };
 
 std::atomic<bool> g_stop{false};
@@ -68,18 +67,15 @@ extern "C" void on_interrupt(int) {
   ::_exit(130);
 }
 
-/// `xmoe pretrain` with the same arguments, once per rank, the cores shared out (--threads per
-/// rank = this process's threads / N, at least 1).
+/// `xmoe pretrain` with the same arguments, once per rank.
 int launch_ranks(const PretrainArgs& a) {
-  const int threads = std::max(1, at::get_num_threads() / a.nproc);
-  std::vector<std::string> args{"--threads", std::to_string(threads), "pretrain"};
+  std::vector<std::string> args{"pretrain"};
   if (!a.config.empty()) args.insert(args.end(), {"--config", a.config});
   if (!a.out.empty()) args.insert(args.end(), {"--out", a.out});
   for (const std::string& s : a.set) args.insert(args.end(), {"--set", s});
   if (a.resume) args.push_back("--resume");
   if (a.quiet) args.push_back("--quiet");
-  args.insert(args.end(), {"--experts", a.experts});
-  return run_local_ranks(args, a.nproc, "xmoe pretrain");
+  return run_local_ranks(args, a.ranks, "xmoe pretrain");
 }
 
 int run_pretrain(const PretrainArgs& a) {
@@ -97,19 +93,13 @@ int run_pretrain(const PretrainArgs& a) {
   }
   PretrainConfig config = load_pretrain_config(config_path, a.set);
   make_data_paths_absolute(config);  // the print-out shows what the run saves
-  if (a.nproc > 1) {
-    if (started_as_rank())
-      throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + " in a process that is "
-                                  "already a rank (WORLD_SIZE > 1 is set)");
-    if (a.experts == "split" && config.moe && config.moe->n_expert() % a.nproc != 0)
-      throw std::invalid_argument("--nproc " + std::to_string(a.nproc) + ": moe.n_expert = " +
-                                  std::to_string(config.moe->n_expert()) + " experts do not "
-                                  "split evenly over " + std::to_string(a.nproc) + " ranks");
+  if (a.ranks.nproc > 1) {
+    check_rank_request(a.ranks, config);
     return launch_ranks(a);  // the config was checked once here, before any rank starts
   }
   TrainerOptions options;
   options.group = group_from_environment();
-  options.split_experts = a.experts == "split";
+  options.split_experts = a.ranks.split_experts();
   const bool lead = options.group == nullptr || options.group->rank() == 0;
   options.run_dir = a.out.empty() ? (fs::path("runs") / config.name).string() : a.out;
   options.resume = a.resume;
@@ -154,16 +144,7 @@ void register_pretrain(CLI::App& app) {
   cmd->add_option("--out", args->out, "Run directory (default: runs/<config name>)");
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint of the run directory");
   cmd->add_flag("--quiet", args->quiet, "No config print-out and no progress line");
-  cmd->add_option("--nproc", args->nproc,
-                  "Ranks on this machine, one process each: data parallel, with the MoE layers' "
-                  "experts split over the ranks (moe.n_expert a multiple of N; "
-                  "docs/expert-parallel.md)")
-      ->check(int_in(1, 64));
-  cmd->add_option("--experts", args->experts,
-                  "With several ranks: split (each rank holds n_expert / N experts, default) or "
-                  "replicated (every rank holds all: plain data parallelism)")
-      ->check(CLI::IsMember({"split", "replicated"}))
-      ->capture_default_str();
+  add_rank_options(cmd, args->ranks);
   cmd->callback([args] {
     const int rc = run_pretrain(*args);
     if (rc != 0) throw CLI::RuntimeError(rc);

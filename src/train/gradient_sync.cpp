@@ -11,10 +11,7 @@
 
 namespace xmoe {
 
-namespace {
-
-/// The expert parameters of the expert-parallel MoE layers of `model`, by tensor identity.
-std::unordered_set<const void*> expert_shards(const torch::nn::Module& model) {
+std::unordered_set<const void*> expert_shard_ids(const torch::nn::Module& model) {
   std::unordered_set<const void*> sharded;
   for (const auto& module : model.modules(/*include_self=*/true)) {
     auto* layer = dynamic_cast<MoELayerImpl*>(module.get());
@@ -24,11 +21,9 @@ std::unordered_set<const void*> expert_shards(const torch::nn::Module& model) {
   return sharded;
 }
 
-}  // namespace
-
 double total_gradient_norm(const torch::nn::Module& model,
                            const std::vector<at::Tensor>& with_grad, dist::Communicator& group) {
-  const std::unordered_set<const void*> sharded = expert_shards(model);
+  const std::unordered_set<const void*> sharded = expert_shard_ids(model);
   std::vector<at::Tensor> replicated, shards;
   for (const at::Tensor& p : with_grad)
     (sharded.count(p.unsafeGetTensorImpl()) ? shards : replicated).push_back(p);
@@ -39,7 +34,7 @@ double total_gradient_norm(const torch::nn::Module& model,
 
 void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group) {
   if (group.size() == 1) return;
-  const std::unordered_set<const void*> sharded = expert_shards(model);
+  const std::unordered_set<const void*> sharded = expert_shard_ids(model);
   const double inverse_ranks = 1.0 / group.size();
   std::vector<at::Tensor> replicated;
   for (auto& p : model.parameters()) {

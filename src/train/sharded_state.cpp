@@ -1,6 +1,6 @@
 #include "xmoe/train/sharded_state.h"
 
-#include "xmoe/moe/moe_layer.h"
+#include "xmoe/train/gradient_sync.h"
 
 #include <ATen/ATen.h>
 
@@ -33,13 +33,7 @@ std::string rank_prefix(int rank) { return "rank" + std::to_string(rank) + "."; 
 }  // namespace
 
 std::set<std::string> sharded_parameter_names(const torch::nn::Module& model) {
-  std::unordered_set<const void*> shards;
-  for (const auto& module : model.modules(/*include_self=*/true)) {
-    const auto* layer = dynamic_cast<const MoELayerImpl*>(module.get());
-    if (layer == nullptr || layer->expert_parallel_size() == 1) continue;
-    for (const auto& p : const_cast<MoELayerImpl*>(layer)->experts()->parameters())
-      shards.insert(p.unsafeGetTensorImpl());
-  }
+  const std::unordered_set<const void*> shards = expert_shard_ids(model);
   std::set<std::string> names;
   for (const auto& item : model.named_parameters())
     if (shards.count(item.value().unsafeGetTensorImpl())) names.insert(item.key());
