@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <torch/nn/modules/linear.h>
@@ -513,6 +514,49 @@ TEST_F(TrainerTest, EvaluationOfTheSavedModelReproducesTheValidationLoss) {
   const SavedModel fallback = load_saved_model(runs.file("run"));
   EXPECT_TRUE(fallback.tokenizer_from_config);
   EXPECT_EQ(fallback.tokenizer, dir_->file("tok/spm.model"));
+}
+
+// Validation split over W ranks gives every rank the evaluation one process makes of all the
+// batches. With the experts split, a rank left without a batch in a language's last round still
+// has to run a forward (the others wait for its exchanges): the batch counts per language here
+// do not all divide by 2 or 4, so ranks sit out rounds; with replicated experts they just skip.
+TEST_F(TrainerTest, EvaluationSplitOverRanksEqualsOneProcess) {
+  const PretrainConfig c = config();
+  const Tokenizer tokenizer = Tokenizer::load(c.data.tokenizer);
+  const MlmDataset valid(tokenizer, dataset_options(c, "valid"));
+  MoEEncoder whole(encoder_options(c, tokenizer.vocab_size()));
+  const MlmEvaluation expected = evaluate_mlm(whole, valid, /*max_batches=*/0);
+  std::vector<int64_t> batches;  // per language
+  for (int64_t l = 0; l < valid.n_languages(); ++l) {
+    MlmEvalIterator it = valid.eval_iterator(l);
+    MlmBatch batch;
+    int64_t n = 0;
+    while (it.next(&batch)) ++n;
+    batches.push_back(n);
+  }
+  ASSERT_TRUE(std::any_of(batches.begin(), batches.end(), [](int64_t n) { return n % 2 != 0; }))
+      << "the fixture no longer leaves a rank without a batch";
+
+  for (const auto& [ranks, split] : std::vector<std::pair<int, bool>>{{2, true}, {4, true}, {3, false}}) {
+    std::vector<MlmEvaluation> got(static_cast<size_t>(ranks));
+    xmoe_test::run_ranks(ranks, [&](int rank, dist::Communicator& group) {
+      MoEEncoder model(encoder_options(c, tokenizer.vocab_size(),
+                                       split ? group.shared_from_this() : nullptr));
+      got[static_cast<size_t>(rank)] = evaluate_mlm(model, valid, 0, &group);
+    });
+    for (int r = 0; r < ranks; ++r) {
+      const MlmEvaluation& e = got[static_cast<size_t>(r)];
+      SCOPED_TRACE(std::to_string(ranks) + " ranks, rank " + std::to_string(r));
+      EXPECT_EQ(e.tokens, expected.tokens);
+      EXPECT_NEAR(e.loss, expected.loss, 1e-5 * expected.loss);
+      ASSERT_EQ(e.languages.size(), expected.languages.size());
+      for (size_t l = 0; l < e.languages.size(); ++l) {
+        EXPECT_EQ(e.languages[l].tokens, expected.languages[l].tokens);
+        EXPECT_NEAR(e.languages[l].loss, expected.languages[l].loss, 1e-5 * expected.loss);
+      }
+      EXPECT_EQ(e.loss, got[0].loss);  // one all-reduce: the same number on every rank
+    }
+  }
 }
 
 // Two ranks (threads, each its own Gloo group member) train one run with the experts split

@@ -94,6 +94,14 @@ int MoELayerImpl::expert_parallel_size() const {
   return options_.expert_group() ? options_.expert_group()->size() : 1;
 }
 
+bool splits_experts_over_ranks(const torch::nn::Module& model) {
+  for (const auto& module : model.modules(/*include_self=*/true)) {
+    const auto* layer = dynamic_cast<const MoELayerImpl*>(module.get());
+    if (layer != nullptr && layer->expert_parallel_size() > 1) return true;
+  }
+  return false;
+}
+
 at::Tensor MoELayerImpl::run_experts_parallel(const at::Tensor& x_sorted,
                                               const std::vector<int64_t>& offsets, bool fast) {
   dist::Communicator& group = *options_.expert_group();

@@ -456,7 +456,8 @@ void Trainer::log_train(Accumulated& acc) {
 }
 
 double Trainer::validate() {
-  const MlmEvaluation eval = evaluate_mlm(model_, *valid_data_, config_.eval.max_batches);
+  const MlmEvaluation eval =
+      evaluate_mlm(model_, *valid_data_, config_.eval.max_batches, group_.get());
   json languages = json::object();
   for (const LanguageLoss& l : eval.languages)
     languages[l.language] = {{"loss", finite_or_null(l.loss)},

@@ -143,4 +143,8 @@ class MoELayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MoELayer);
 
+/// Whether some MoE layer of `model` splits its experts over several ranks: then its forward
+/// is a collective, which every rank of the group must run the same number of times.
+bool splits_experts_over_ranks(const torch::nn::Module& model);
+
 }  // namespace xmoe
