@@ -4,10 +4,7 @@
 
 #include <ATen/Parallel.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,22 +23,6 @@ std::vector<pid_t> g_ranks;  // read by the signal handler while the ranks run
 
 extern "C" void forward_signal(int signal) {
   for (pid_t pid : g_ranks) ::kill(pid, signal);  // kill is async-signal-safe
-}
-
-/// A TCP port on the loopback interface that nothing listens on right now.
-int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("--nproc: cannot open a socket to find a free port");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  if (!ok) throw std::runtime_error("--nproc: cannot find a free port on 127.0.0.1");
-  return ntohs(address.sin_port);
 }
 
 }  // namespace
@@ -73,7 +54,7 @@ void check_rank_request(const RankOptions& ranks, const PretrainConfig& config) 
 int run_local_ranks(const std::vector<std::string>& args, const RankOptions& ranks,
                     const std::string& command) {
   const int nproc = ranks.nproc;
-  const std::string port = std::to_string(free_loopback_port());
+  const std::string port = std::to_string(dist::free_loopback_port());
   std::vector<std::string> argv{"xmoe", "--threads",
                                 std::to_string(std::max(1, at::get_num_threads() / nproc))};
   argv.insert(argv.end(), args.begin(), args.end());

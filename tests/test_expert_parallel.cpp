@@ -8,6 +8,7 @@
 #include "xmoe/util/init.h"
 
 #include "test_ranks.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -262,6 +263,27 @@ TEST(ExpertParallel, ExpertsThatDoNotSplitEvenlyAreRefused) {
       EXPECT_NE(std::string(e.what()).find("enc.moe"), std::string::npos) << e.what();
     }
   });
+}
+
+// The rendezvous of separate processes: a TCP store served by rank 0 (what `--nproc` and
+// torchrun use) and a shared file. (LibTorch 2.6 from Debian 13 refused the TCP store until the
+// classic backend was chosen: it is built without libuv, the 2.4+ default.)
+TEST(ExpertParallel, TcpAndFileRendezvousFormGroups) {
+  xmoe_test::TempDir dir("xmoe_rendezvous");
+  dist::Rendezvous tcp;
+  tcp.kind = dist::Rendezvous::Kind::kTcp;
+  tcp.port = dist::free_loopback_port();
+  dist::Rendezvous file;
+  file.kind = dist::Rendezvous::Kind::kFile;
+  file.path = dir.file("store");
+  for (const dist::Rendezvous& where : {tcp, file}) {
+    SCOPED_TRACE(where.kind == dist::Rendezvous::Kind::kTcp ? "tcp" : "file");
+    xmoe_test::run_ranks_at(where, 3, [](int rank, Communicator& group) {
+      std::vector<at::Tensor> t{at::full({2}, rank + 1.0)};
+      group.all_reduce_sum(t);
+      EXPECT_TRUE(at::equal(t[0], at::full({2}, 6.0)));
+    }, std::chrono::seconds(30));
+  }
 }
 
 TEST(ExpertParallel, ARankThatNeverJoinsFailsTheOthersWithinTheTimeout) {

@@ -9,6 +9,11 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -16,6 +21,8 @@
 #include <mutex>
 #include <numeric>
 #include <sstream>
+#include <type_traits>
+#include <utility>
 
 namespace xmoe {
 namespace dist {
@@ -63,6 +70,20 @@ c10::intrusive_ptr<c10d::Store> in_process_store(const std::string& name) {
   return store;
 }
 
+// LibTorch 2.4+ serves TCPStore through libuv by default, and builds without libuv (Debian's
+// 2.6) refuse to form a store at all. The classic backend exists in every version and the store
+// carries only the rendezvous, so it is used wherever there is a choice.
+template <typename Options, typename = void>
+struct HasLibUvChoice : std::false_type {};
+template <typename Options>
+struct HasLibUvChoice<Options, std::void_t<decltype(std::declval<Options&>().useLibUV)>>
+    : std::true_type {};
+
+template <typename Options>
+void use_classic_store_backend(Options& options) {
+  if constexpr (HasLibUvChoice<Options>::value) options.useLibUV = false;
+}
+
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
@@ -90,6 +111,7 @@ class GlooGroup final : public Communicator {
         options.numWorkers = size;
         options.waitWorkers = true;
         options.timeout = timeout;
+        use_classic_store_backend(options);
         store = c10::make_intrusive<c10d::TCPStore>(where.address, options);
         break;
       }
@@ -162,6 +184,21 @@ void Communicator::guarded(const char* operation, const std::function<void()>& r
 
 std::string Communicator::where() const {
   return "rank " + std::to_string(rank_) + " of " + std::to_string(size_);
+}
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("xmoe::dist: cannot open a socket to find a free port");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;  // the kernel picks a free one
+  socklen_t length = sizeof(address);
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  ::close(fd);
+  if (!ok) throw std::runtime_error("xmoe::dist: cannot find a free port on 127.0.0.1");
+  return ntohs(address.sin_port);
 }
 
 bool Communicator::available() {

@@ -37,6 +37,10 @@ struct Rendezvous {
   std::string name = "default";        // kInProcess: ranks with the same name meet
 };
 
+/// A TCP port on 127.0.0.1 that nothing listens on right now, for a rendezvous of ranks on this
+/// machine (another process may still take it before rank 0 does). Throws std::runtime_error.
+int free_loopback_port();
+
 class Communicator : public std::enable_shared_from_this<Communicator> {
  public:
   /// Forms a group of `world_size` ranks; blocks until all have joined or `timeout` passes.
