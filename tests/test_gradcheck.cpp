@@ -255,11 +255,13 @@ class LayerGradChecker {
   bool routing_changed_ = false;
 };
 
-const TensorReport& report_of(const std::vector<TensorReport>& reports, const std::string& name) {
+// `name` is a C string: with a std::string parameter g++ 14 warns that the returned reference
+// may dangle (-Wdangling-reference; it cannot see that the result refers into `reports`).
+const TensorReport& report_of(const std::vector<TensorReport>& reports, const char* name) {
   for (const auto& r : reports) {
     if (r.name == name) return r;
   }
-  throw std::out_of_range("no gradient report for " + name);
+  throw std::out_of_range(std::string("no gradient report for ") + name);
 }
 
 // Runs the check and the assertions every case shares; returns the reports for extra checks.
