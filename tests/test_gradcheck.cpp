@@ -410,8 +410,10 @@ TEST(GradCheck, ExpertDepthThree) {
   auto reports = check_layer({tiny().top_k(2).expert_depth(3)},
                              with_router({"router.weight"}, /*depth=*/3));
   for (int j = 0; j < 3; ++j) {
-    EXPECT_GT(report_of(reports, "experts." + std::to_string(j) + ".ln_weight").max_grad, 1e-4);
-    EXPECT_GT(report_of(reports, "experts." + std::to_string(j) + ".w2").max_grad, 1e-4);
+    const std::string ln = "experts." + std::to_string(j) + ".ln_weight";
+    const std::string w2 = "experts." + std::to_string(j) + ".w2";
+    EXPECT_GT(report_of(reports, ln.c_str()).max_grad, 1e-4);
+    EXPECT_GT(report_of(reports, w2.c_str()).max_grad, 1e-4);
   }
 }
 
