@@ -1,5 +1,5 @@
-// Ranks as threads: each thread joins one c10d Gloo group through an in-process store, as
-// separate processes would through TCP.
+// Ranks as threads: each thread joins one c10d Gloo group, through an in-process store (or a TCP
+// or file rendezvous), as separate processes would through TCP.
 #pragma once
 
 #include "xmoe/dist/communicator.h"
