@@ -330,6 +330,9 @@ def train(rank, a, port):
     dist = None
     if port is not None:
         import torch.distributed as dist
+        # PyTorch 2.4+ serves the TCP store through libuv unless USE_LIBUV=0; builds without
+        # libuv (Debian 13's 2.6) refuse it. 1.13 ignores the variable.
+        os.environ.setdefault("USE_LIBUV", "0")
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
                                 world_size=a.nproc)
     torch.set_num_threads(a.threads)
