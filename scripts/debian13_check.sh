@@ -2,7 +2,7 @@
 # Runs the README's test command on Debian 13 "trixie" — LibTorch 2.6 (CPU), oneDNN 3.7, g++ 14,
 # CMake 3.31 — in a chroot on this machine, for the committed HEAD of this checkout: a check that
 # xmoe still builds and passes against LibTorch 2.x (docs/gpu.md). Needs root (debootstrap, mount,
-# chroot) and the Debian mirror; about 15 minutes on 2 cores, ~3 GB of disk.
+# chroot) and the Debian mirror; about 11 minutes on 2 cores, ~3 GB of disk.
 #   scripts/debian13_check.sh [ROOT]     (ROOT: the chroot, default /tmp/xmoe-debian13; reused)
 set -euo pipefail
 root=${1:-/tmp/xmoe-debian13}
