@@ -94,12 +94,14 @@ int MoELayerImpl::expert_parallel_size() const {
   return options_.expert_group() ? options_.expert_group()->size() : 1;
 }
 
-bool splits_experts_over_ranks(const torch::nn::Module& model) {
+std::unordered_set<const void*> expert_shard_ids(const torch::nn::Module& model) {
+  std::unordered_set<const void*> sharded;
   for (const auto& module : model.modules(/*include_self=*/true)) {
-    const auto* layer = dynamic_cast<const MoELayerImpl*>(module.get());
-    if (layer != nullptr && layer->expert_parallel_size() > 1) return true;
+    auto* layer = dynamic_cast<MoELayerImpl*>(module.get());
+    if (layer == nullptr || layer->expert_parallel_size() == 1) continue;
+    for (const auto& p : layer->experts()->parameters()) sharded.insert(p.unsafeGetTensorImpl());
   }
-  return false;
+  return sharded;
 }
 
 at::Tensor MoELayerImpl::run_experts_parallel(const at::Tensor& x_sorted,

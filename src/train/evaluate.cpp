@@ -55,7 +55,7 @@ MlmEvaluation evaluate_mlm(MoEEncoder& model, const MlmDataset& data, int64_t ma
   model->eval();
   const int rank = group ? group->rank() : 0;
   const int n_rank = group ? group->size() : 1;
-  const bool collective_forward = n_rank > 1 && splits_experts_over_ranks(*model);
+  const bool collective_forward = n_rank > 1 && !expert_shard_ids(*model).empty();
 
   // [loss sum, predicted tokens] per language, summed over the ranks in one all-reduce.
   at::Tensor sums = at::zeros({data.n_languages(), 2}, at::kDouble);

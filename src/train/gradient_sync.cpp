@@ -11,16 +11,6 @@
 
 namespace xmoe {
 
-std::unordered_set<const void*> expert_shard_ids(const torch::nn::Module& model) {
-  std::unordered_set<const void*> sharded;
-  for (const auto& module : model.modules(/*include_self=*/true)) {
-    auto* layer = dynamic_cast<MoELayerImpl*>(module.get());
-    if (layer == nullptr || layer->expert_parallel_size() == 1) continue;
-    for (const auto& p : layer->experts()->parameters()) sharded.insert(p.unsafeGetTensorImpl());
-  }
-  return sharded;
-}
-
 double total_gradient_norm(const torch::nn::Module& model,
                            const std::vector<at::Tensor>& with_grad, dist::Communicator& group) {
   const std::unordered_set<const void*> sharded = expert_shard_ids(model);

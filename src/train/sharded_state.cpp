@@ -1,6 +1,6 @@
 #include "xmoe/train/sharded_state.h"
 
-#include "xmoe/train/gradient_sync.h"
+#include "xmoe/moe/moe_layer.h"
 
 #include <ATen/ATen.h>
 

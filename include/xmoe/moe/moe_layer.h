@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_set>
 
 namespace xmoe {
 
@@ -143,8 +144,9 @@ class MoELayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MoELayer);
 
-/// Whether some MoE layer of `model` splits its experts over several ranks: then its forward
-/// is a collective, which every rank of the group must run the same number of times.
-bool splits_experts_over_ranks(const torch::nn::Module& model);
+/// The expert parameters of `model`'s expert-parallel MoE layers (the shards), by tensor
+/// identity (TensorImpl address). Non-empty exactly when some MoE layer splits its experts over
+/// several ranks, i.e. when the model's forward is a collective every rank must run alike.
+std::unordered_set<const void*> expert_shard_ids(const torch::nn::Module& model);
 
 }  // namespace xmoe

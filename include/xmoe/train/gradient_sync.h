@@ -11,7 +11,6 @@
 
 #include <torch/nn/module.h>
 
-#include <unordered_set>
 #include <vector>
 
 namespace xmoe {
@@ -23,10 +22,6 @@ namespace xmoe {
 /// so every rank reduces the same layout and keeps the same optimizer states. Nothing happens
 /// for a group of one rank.
 void synchronize_gradients(torch::nn::Module& model, dist::Communicator& group);
-
-/// The expert parameters of `model`'s expert-parallel MoE layers (the shards), by tensor
-/// identity (TensorImpl address): what synchronize_gradients scales instead of all-reducing.
-std::unordered_set<const void*> expert_shard_ids(const torch::nn::Module& model);
 
 /// ‖g‖₂ of the whole model after synchronize_gradients: of the gradients of `with_grad` (this
 /// rank's parameters that have one) — replicated ones once, expert shards of every rank (one
